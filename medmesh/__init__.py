@@ -1,0 +1,1 @@
+"""medmesh shared runtime: settings, server bootstrap, telemetry, dependency clients, CLI."""

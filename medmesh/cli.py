@@ -1,0 +1,67 @@
+"""The `medmesh` command: run the stack, migrate, regenerate code, start dependencies."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from medmesh import codegen
+from medmesh.launcher import EmbeddedDependencies
+from medmesh.migrate import migrate_all
+from medmesh.supervisor import default_data_dir, up
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medmesh", description="medmesh: medical-diagnostics AI platform (gRPC service mesh)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "up", help="start dependencies (embedded where no URL is set), all services; Ctrl-C stops"
+    )
+    run.add_argument("--data-dir", type=Path, help="where embedded data lives (default .data)")
+    run.add_argument("--status-file", type=Path, help="also write the addresses here as JSON")
+
+    deps = commands.add_parser(
+        "deps", help="start only the missing dependencies and print their URLs as env exports"
+    )
+    deps.add_argument("--data-dir", type=Path, help="where embedded data lives (default .data)")
+
+    commands.add_parser("migrate", help="apply every service's database migrations")
+
+    gen = commands.add_parser("gen", help="regenerate gen/ from proto/ (buf, local plugins)")
+    gen.add_argument("--check", action="store_true", help="fail if gen/ is stale; write nothing")
+    return parser
+
+
+def _deps(data_dir: Path) -> int:
+    with EmbeddedDependencies(data_dir, os.environ) as urls:
+        for name, url in urls.items():
+            print(f"export {name}={url}", flush=True)
+        print("# Ctrl-C stops them", flush=True)
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        signal.sigwait(stop_signals)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `medmesh` console script."""
+    args = _parser().parse_args(argv)
+    data_dir = getattr(args, "data_dir", None) or default_data_dir(os.environ)
+    if args.command == "up":
+        return up(data_dir, args.status_file, os.environ)
+    if args.command == "deps":
+        return _deps(data_dir)
+    if args.command == "migrate":
+        migrate_all(os.environ)
+        return 0
+    return codegen.generate(check=args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

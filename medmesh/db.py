@@ -1,0 +1,172 @@
+"""PostgreSQL access for every service: one pool for writes, an optional one for a read replica.
+
+Connections run in autocommit mode, so a read never leaves a transaction idle and every
+write is an explicit `async with db.transaction() as conn:` block. Losing the server
+(pool exhausted waiting for a connection, connection refused or dropped) surfaces as
+`DependencyUnavailable("postgres")`, which the error interceptor maps to UNAVAILABLE so that
+callers retry; SQL errors (constraint violations, syntax) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from medmesh.errors import DependencyUnavailable
+
+Connection: TypeAlias = psycopg.AsyncConnection[DictRow]
+
+# SQLSTATE classes that mean "the server went away", not "your SQL is wrong":
+# 08 connection exception, 57P admin/crash shutdown, cannot connect now.
+_CONNECTION_SQLSTATE_PREFIXES = ("08", "57P")
+
+
+def _is_connection_failure(exc: psycopg.OperationalError) -> bool:
+    """True when the error is about reaching the server; client-side failures have no SQLSTATE."""
+    return exc.sqlstate is None or exc.sqlstate.startswith(_CONNECTION_SQLSTATE_PREFIXES)
+
+
+class Database:
+    """A write pool and a read pool (the same pool when no replica URL is given).
+
+    Open it with `await db.open()` or `async with Database(url) as db:`; `open` waits until
+    `min_size` connections exist so that a service that cannot reach its database fails at
+    start-up instead of on its first request.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        read_url: str | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        open_timeout_s: float = 10.0,
+        acquire_timeout_s: float = 5.0,
+        connect_timeout_s: int = 5,
+        application_name: str = "medmesh",
+    ) -> None:
+        self._open_timeout_s = open_timeout_s
+        self._write_pool = self._make_pool(
+            url,
+            "write",
+            min_size,
+            max_size,
+            acquire_timeout_s,
+            connect_timeout_s,
+            application_name,
+        )
+        self._read_pool = (
+            self._make_pool(
+                read_url,
+                "read",
+                min_size,
+                max_size,
+                acquire_timeout_s,
+                connect_timeout_s,
+                application_name,
+            )
+            if read_url and read_url != url
+            else self._write_pool
+        )
+
+    @staticmethod
+    def _make_pool(
+        url: str,
+        role: str,
+        min_size: int,
+        max_size: int,
+        acquire_timeout_s: float,
+        connect_timeout_s: int,
+        application_name: str,
+    ) -> AsyncConnectionPool[Connection]:
+        return AsyncConnectionPool(
+            conninfo=url,
+            connection_class=psycopg.AsyncConnection[DictRow],
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "connect_timeout": connect_timeout_s,
+                "application_name": application_name,
+            },
+            min_size=min_size,
+            max_size=max_size,
+            timeout=acquire_timeout_s,
+            # A connection that died while idle (server restart, failover) is replaced on
+            # checkout instead of failing the request that happened to get it.
+            check=AsyncConnectionPool.check_connection,
+            name=f"{application_name}-{role}",
+            open=False,
+        )
+
+    @property
+    def has_replica(self) -> bool:
+        """True when reads go to a separate pool (a replica URL was given)."""
+        return self._read_pool is not self._write_pool
+
+    async def open(self) -> None:
+        """Open the pools, waiting for their first connections; raises DependencyUnavailable."""
+        pools = [self._write_pool] + ([self._read_pool] if self.has_replica else [])
+        try:
+            for pool in pools:
+                await pool.open(wait=True, timeout=self._open_timeout_s)
+        except PoolTimeout as exc:
+            await self.close()
+            raise DependencyUnavailable(
+                "postgres", f"no connection within {self._open_timeout_s:g} s: {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        """Close both pools; connections in use are closed when returned."""
+        await self._write_pool.close()
+        if self.has_replica:
+            await self._read_pool.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A write connection inside one transaction: committed on exit, rolled back on error."""
+        async with self._checkout(self._write_pool) as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[Connection]:
+        """An autocommit connection for reads, from the replica when one is configured."""
+        async with self._checkout(self._read_pool) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _checkout(self, pool: AsyncConnectionPool[Connection]) -> AsyncIterator[Connection]:
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise DependencyUnavailable("postgres", f"no free connection: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            if _is_connection_failure(exc):
+                raise DependencyUnavailable("postgres", str(exc)) from exc
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        """Pool counters (size, waiting, errors) for metrics and the health endpoint."""
+        stats: dict[str, Any] = {"write": self._write_pool.get_stats()}
+        if self.has_replica:
+            stats["read"] = self._read_pool.get_stats()
+        return stats

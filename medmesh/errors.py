@@ -1,0 +1,75 @@
+"""Domain errors, raised by domain code and mapped to gRPC status once, in the server's
+error-mapping interceptor. Domain code never imports grpc to report a failure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field of a request: `field` is its path (`metadata.sha256`)."""
+
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base class of every error that has a defined gRPC status."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(DomainError):
+    """The request is malformed; `violations` name each bad field (google.rpc.BadRequest)."""
+
+    def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
+        super().__init__(message)
+        self.violations: list[FieldViolation] = list(violations or [])
+
+    @classmethod
+    def for_field(cls, field_path: str, description: str) -> InvalidArgument:
+        """One-violation shortcut: `InvalidArgument.for_field("email", "is not an address")`."""
+        return cls(f"{field_path}: {description}", [FieldViolation(field_path, description)])
+
+
+class NotFound(DomainError):
+    """The resource does not exist, or belongs to another clinic (never say which)."""
+
+
+class AlreadyExists(DomainError):
+    """The resource to create exists already."""
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but not allowed to do this."""
+
+
+class Unauthenticated(DomainError):
+    """The caller could not be identified (no, bad or expired credentials)."""
+
+
+class FailedPrecondition(DomainError):
+    """The system is not in a state where the request can run (e.g. study already deleted)."""
+
+
+class ResourceExhausted(DomainError):
+    """A rate limit or quota was hit; `retry_after_s` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DependencyUnavailable(DomainError):
+    """A dependency (PostgreSQL, Redis, NATS, S3, model server, SMTP) cannot be reached.
+
+    Maps to UNAVAILABLE so that clients retry; `dependency` names which one.
+    """
+
+    def __init__(self, dependency: str, detail: str = "") -> None:
+        super().__init__(f"{dependency} is unavailable" + (f": {detail}" if detail else ""))
+        self.dependency = dependency
+        self.detail = detail

@@ -1,0 +1,390 @@
+"""The JetStream topology (streams, subjects, durable consumers), declared once, and the
+publish / decode / dead-letter helpers every service uses.
+
+Why one place: producers (svc_ingest's outbox relay), consumers (svc_infer, svc_report) and the
+dead-letter RPCs must agree on names and limits; a stream declared twice drifts. Tests pass a
+unique `Topology(subject_root=..., stream_prefix=...)` so that they never share a stream.
+
+Payloads are betterproto2 messages (`bytes(message)` / `Cls.FromString(data)`); the trace
+context travels in NATS headers (W3C `traceparent`), so a job's consumer span joins the trace
+of the request that created the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, Self, TypeVar
+
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    PubAck,
+    RawStreamMsg,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+
+from medmesh.errors import DependencyUnavailable
+
+log = structlog.get_logger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+# Headers added to a dead-lettered copy; the original headers (trace context) are kept too.
+DLQ_ORIGINAL_SUBJECT = "Medmesh-Original-Subject"
+DLQ_ORIGINAL_STREAM = "Medmesh-Original-Stream"
+DLQ_ORIGINAL_SEQUENCE = "Medmesh-Original-Sequence"
+DLQ_ORIGINAL_MSG_ID = "Medmesh-Original-Msg-Id"
+DLQ_DELIVERY_COUNT = "Medmesh-Delivery-Count"
+DLQ_ERROR = "Medmesh-Error"
+DLQ_FAILED_AT = "Medmesh-Failed-At"
+_MAX_ERROR_HEADER_CHARS = 1024
+# JetStream's "stream name already in use with a different configuration".
+_ERR_STREAM_NAME_IN_USE = 10058
+
+
+class ProtoMessage(Protocol):
+    """What this module needs of a betterproto2 message, so it does not import `gen`."""
+
+    def __bytes__(self) -> bytes: ...
+
+    @classmethod
+    def FromString(cls, data: bytes) -> Self: ...  # noqa: N802 - betterproto2's name
+
+
+M = TypeVar("M", bound=ProtoMessage)
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer: explicit ack, bounded redelivery with backoff.
+
+    JetStream replaces `ack_wait` with `backoff[0]` when a backoff list is set, so the two are
+    required to agree here rather than drift silently. Servers before 2.10 also require
+    `len(backoff) < max_deliver`.
+    """
+
+    durable: str
+    stream: str
+    filter_subject: str
+    max_deliver: int = 3
+    backoff_s: tuple[float, ...] = (30.0, 120.0)
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 64
+
+    def __post_init__(self) -> None:
+        if self.backoff_s and self.backoff_s[0] != self.ack_wait_s:
+            raise ValueError("ack_wait_s must equal backoff_s[0]; the server enforces it")
+        if len(self.backoff_s) >= self.max_deliver:
+            raise ValueError("backoff_s must be shorter than max_deliver")
+
+    def config(self) -> ConsumerConfig:
+        """The nats-py consumer config for this spec."""
+        return ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            max_deliver=self.max_deliver,
+            backoff=list(self.backoff_s) or None,
+            ack_wait=self.ack_wait_s,
+            filter_subject=self.filter_subject,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Every stream, subject and durable consumer of medmesh, derived from two names."""
+
+    subject_root: str = "medmesh"
+    stream_prefix: str = "MEDMESH"
+    max_age_s: float = 24 * 3600.0
+    # Msg-Id de-duplication: the outbox relay may publish a row twice after a crash.
+    duplicate_window_s: float = 120.0
+    replicas: int = 1
+
+    # Streams.
+    @property
+    def jobs_stream(self) -> str:
+        """Stream of work items (`<root>.jobs.>`)."""
+        return f"{self.stream_prefix}_JOBS"
+
+    @property
+    def events_stream(self) -> str:
+        """Stream of facts that happened (`<root>.events.>`)."""
+        return f"{self.stream_prefix}_EVENTS"
+
+    @property
+    def dlq_stream(self) -> str:
+        """Stream of jobs that failed their last attempt (`<root>.dlq.>`)."""
+        return f"{self.stream_prefix}_DLQ"
+
+    # Subjects.
+    def subject(self, tail: str) -> str:
+        """`<root>.<tail>`."""
+        return f"{self.subject_root}.{tail}"
+
+    @property
+    def infer_image_subject(self) -> str:
+        """Jobs for image inference (ResNet-50)."""
+        return self.subject("jobs.infer.image")
+
+    @property
+    def infer_text_subject(self) -> str:
+        """Jobs for text inference (BERT-family encoder)."""
+        return self.subject("jobs.infer.text")
+
+    @property
+    def report_subject(self) -> str:
+        """Jobs that build, archive and deliver a report."""
+        return self.subject("jobs.report")
+
+    def study_event_subject(self, status: str) -> str:
+        """`<root>.events.study.<status>`; status is one lowercase token (`uploaded`)."""
+        if not status or not status.replace("_", "").isalnum():
+            raise ValueError(f"study status must be one subject token, got {status!r}")
+        return self.subject(f"events.study.{status}")
+
+    @property
+    def result_ready_subject(self) -> str:
+        """An inference result was stored."""
+        return self.subject("events.result.ready")
+
+    @property
+    def report_ready_subject(self) -> str:
+        """A report was archived and delivered."""
+        return self.subject("events.report.ready")
+
+    def dlq_subject(self, original_subject: str) -> str:
+        """`<root>.dlq.<tail>` for `<root>.<tail>`: the failed job keeps its own name."""
+        root = f"{self.subject_root}."
+        if not original_subject.startswith(root):
+            raise ValueError(f"{original_subject!r} is not under {root!r}")
+        return self.subject(f"dlq.{original_subject.removeprefix(root)}")
+
+    # Declarations.
+    def stream_configs(self) -> list[StreamConfig]:
+        """JOBS, EVENTS and DLQ: file storage, limits retention, 24 h, duplicate window."""
+        return [
+            StreamConfig(
+                name=name,
+                subjects=[self.subject(f"{kind}.>")],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+                max_age=self.max_age_s,
+                duplicate_window=self.duplicate_window_s,
+                num_replicas=self.replicas,
+            )
+            for name, kind in (
+                (self.jobs_stream, "jobs"),
+                (self.events_stream, "events"),
+                (self.dlq_stream, "dlq"),
+            )
+        ]
+
+    @property
+    def infer_image_consumer(self) -> ConsumerSpec:
+        """svc_infer's consumer of image jobs."""
+        return ConsumerSpec("infer-image", self.jobs_stream, self.infer_image_subject)
+
+    @property
+    def infer_text_consumer(self) -> ConsumerSpec:
+        """svc_infer's consumer of text jobs."""
+        return ConsumerSpec("infer-text", self.jobs_stream, self.infer_text_subject)
+
+    @property
+    def report_consumer(self) -> ConsumerSpec:
+        """svc_report's consumer of report jobs."""
+        return ConsumerSpec("report", self.jobs_stream, self.report_subject)
+
+    def consumer_specs(self) -> list[ConsumerSpec]:
+        """Every durable consumer."""
+        return [self.infer_image_consumer, self.infer_text_consumer, self.report_consumer]
+
+
+async def ensure_topology(js: JetStreamContext, topology: Topology) -> None:
+    """Create or update every stream and consumer; safe to run at every service start-up."""
+    for config in topology.stream_configs():
+        try:
+            await js.add_stream(config)
+        except BadRequestError as exc:
+            # add_stream accepts an identical config but rejects a changed one.
+            if exc.err_code != _ERR_STREAM_NAME_IN_USE:
+                raise
+            await js.update_stream(config)
+    for spec in topology.consumer_specs():
+        # The durable-create API creates, accepts an identical config, and applies allowed
+        # changes (backoff, max_deliver, ...) to an existing consumer.
+        await js.add_consumer(spec.stream, spec.config())
+
+
+async def connect_nats(
+    url: str, *, name: str, connect_timeout_s: float = 5.0
+) -> tuple[NatsClient, JetStreamContext]:
+    """Connect for a long-running service: reconnect forever once connected, but give up on
+    the first connection after `connect_timeout_s` with DependencyUnavailable("nats").
+
+    nats-py with max_reconnect_attempts=-1 would otherwise retry the *initial* connect forever.
+    """
+    nc = NatsClient()
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats.error", error=str(exc) or type(exc).__name__, connection=name)
+
+    async def on_disconnected() -> None:
+        log.warning("nats.disconnected", connection=name)
+
+    async def on_reconnected() -> None:
+        log.info("nats.reconnected", connection=name, server=str(nc.connected_url))
+
+    try:
+        async with asyncio.timeout(connect_timeout_s):
+            await nc.connect(
+                servers=[url],
+                name=name,
+                connect_timeout=max(1, int(connect_timeout_s)),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                ping_interval=20,
+                max_outstanding_pings=3,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        await nc.close()
+        raise DependencyUnavailable("nats", f"{url}: {exc or type(exc).__name__}") from exc
+    return nc, nc.jetstream()
+
+
+async def publish_message(
+    js: JetStreamContext,
+    subject: str,
+    message: ProtoMessage,
+    *,
+    msg_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> PubAck:
+    """Publish `message` under a producer span; the trace context and `Nats-Msg-Id` (for
+    de-duplication within the stream's window) go in the headers.
+
+    Raises DependencyUnavailable("nats") when JetStream does not acknowledge in time, no
+    stream holds `subject`, or the connection is closed.
+    """
+    tracer = trace.get_tracer(__name__)
+    with tracer.start_as_current_span(
+        f"send {subject}",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": subject,
+            **({"messaging.message.id": msg_id} if msg_id else {}),
+        },
+    ) as span:
+        all_headers = dict(headers or {})
+        propagate.inject(all_headers)
+        if msg_id is not None:
+            all_headers[MSG_ID_HEADER] = msg_id
+        try:
+            ack = await js.publish(subject, bytes(message), headers=all_headers)
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.errors.ConnectionClosedError,
+        ) as exc:
+            raise DependencyUnavailable(
+                "nats", f"publish to {subject}: {exc or type(exc).__name__}"
+            ) from exc
+        span.set_attribute("messaging.nats.stream_sequence", ack.seq)
+        span.set_attribute("messaging.nats.duplicate", bool(ack.duplicate))
+        return ack
+
+
+def decode_message(msg: Msg, cls: type[M]) -> tuple[M, Context]:
+    """Parse the payload as `cls` and extract the producer's trace context from the headers;
+    start the consumer span with `tracer.start_as_current_span(..., context=ctx)`."""
+    return cls.FromString(msg.data), propagate.extract(msg.headers or {})
+
+
+def _header_safe(text: str) -> str:
+    """NATS headers are single lines; an exception message may not be."""
+    return " ".join(text.split())[:_MAX_ERROR_HEADER_CHARS]
+
+
+async def publish_dead_letter(
+    js: JetStreamContext, topology: Topology, msg: Msg, error: str
+) -> PubAck:
+    """Copy a job that failed its last attempt to `<root>.dlq.<tail>`: same payload and
+    headers, plus where it came from, how often it was delivered and why it failed.
+
+    The copy's Msg-Id is derived from the original stream sequence, so a consumer that crashes
+    between dead-lettering and acking does not dead-letter the same job twice.
+    """
+    headers = dict(msg.headers or {})
+    original_msg_id = headers.pop(MSG_ID_HEADER, None)
+    try:
+        meta = msg.metadata
+        stream, sequence, deliveries = meta.stream, meta.sequence.stream, meta.num_delivered
+    except nats.errors.NotJSMessageError:
+        stream, sequence, deliveries = "", 0, 0
+    headers.update(
+        {
+            DLQ_ORIGINAL_SUBJECT: msg.subject,
+            DLQ_ORIGINAL_STREAM: stream,
+            DLQ_ORIGINAL_SEQUENCE: str(sequence),
+            DLQ_DELIVERY_COUNT: str(deliveries),
+            DLQ_ERROR: _header_safe(error),
+            DLQ_FAILED_AT: datetime.now(UTC).isoformat(),
+        }
+    )
+    if original_msg_id is not None:
+        headers[DLQ_ORIGINAL_MSG_ID] = original_msg_id
+    if stream:
+        headers[MSG_ID_HEADER] = f"dlq:{stream}:{sequence}"
+    try:
+        return await js.publish(topology.dlq_subject(msg.subject), msg.data, headers=headers)
+    except (
+        nats.errors.TimeoutError,
+        nats.errors.NoRespondersError,
+        nats.errors.ConnectionClosedError,
+    ) as exc:
+        raise DependencyUnavailable("nats", f"dead-letter {msg.subject}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-lettered job as read back from the DLQ stream (for listing and replay)."""
+
+    original_subject: str
+    payload: bytes
+    error: str
+    delivery_count: int
+    original_msg_id: str | None
+    failed_at: str
+
+    @classmethod
+    def from_msg(cls, msg: Msg | RawStreamMsg) -> DeadLetter:
+        """Read the copy made by `publish_dead_letter`, fetched by a consumer or by sequence."""
+        headers = msg.headers or {}
+        return cls(
+            original_subject=headers.get(DLQ_ORIGINAL_SUBJECT, ""),
+            payload=msg.data or b"",
+            error=headers.get(DLQ_ERROR, ""),
+            delivery_count=int(headers.get(DLQ_DELIVERY_COUNT, "0")),
+            original_msg_id=headers.get(DLQ_ORIGINAL_MSG_ID),
+            failed_at=headers.get(DLQ_FAILED_AT, ""),
+        )

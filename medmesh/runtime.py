@@ -1,0 +1,126 @@
+"""The lifecycle of a service process, written once for all four services.
+
+`main()` of a service is one call to `run_service(...)`; the service supplies a `setup` that
+opens what it needs on an `AsyncExitStack` (pools, consumers, background tasks) and returns its
+servicers. Order on start: telemetry → migrations → setup → gRPC server → SERVING → ready file.
+On SIGTERM/SIGINT: NOT_SERVING → refuse new RPCs → in-flight RPCs get the grace period → the
+exit stack closes what setup opened, in reverse (workers before the pools they use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import structlog
+from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+
+from medmesh.contract import DescriptorImage
+from medmesh.migrations import apply_migrations
+from medmesh.server import GrpcServer
+from medmesh.settings import Settings
+from medmesh.telemetry import configure_logging, configure_tracing, start_metrics_endpoint
+
+_log = structlog.get_logger("medmesh.runtime")
+
+
+@dataclass(frozen=True)
+class Migrations:
+    """A schema and the folder of plain-SQL migrations that build it."""
+
+    schema: str
+    directory: Path
+
+
+@dataclass
+class ServiceParts:
+    """What a service's setup hands to the runtime: servicers by full service name."""
+
+    servicers: Mapping[str, object]
+    extra_handlers: Sequence[grpc.GenericRpcHandler] = field(default_factory=tuple)
+    extra_service_names: Sequence[str] = field(default_factory=tuple)
+
+
+Setup = Callable[[Settings, AsyncExitStack], Awaitable[ServiceParts]]
+
+
+def termination_event() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT (no process-killing default handlers)."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, event.set)
+    return event
+
+
+def _write_ready_file(path: Path, addresses: Mapping[str, str]) -> None:
+    # Written atomically: a supervisor polling for the file never reads half of it.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**addresses, "pid": os.getpid()}))
+    tmp.replace(path)
+
+
+async def apply_service_migrations(settings: Settings, migrations: Sequence[Migrations]) -> None:
+    """Bring each schema up to date before serving (idempotent; yoyo locks concurrent runs)."""
+    if not migrations:
+        return
+    settings.require("postgres_url")
+    for item in migrations:
+        applied = await asyncio.to_thread(
+            apply_migrations,
+            settings.postgres_url,
+            schema=item.schema,
+            migrations_dir=item.directory,
+        )
+        _log.info("migrations applied", schema=item.schema, applied=applied)
+
+
+async def serve(
+    settings: Settings,
+    setup: Setup,
+    *,
+    migrations: Sequence[Migrations] = (),
+    image: DescriptorImage | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run one service until `stop` is set (default: SIGTERM/SIGINT), then shut down cleanly."""
+    instrumentor = GrpcAioInstrumentorServer()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()  # patches grpc.aio.server: must precede server creation
+    stop = stop or termination_event()
+    await apply_service_migrations(settings, migrations)
+    async with AsyncExitStack() as stack:
+        metrics = start_metrics_endpoint(settings.metrics_addr)
+        if metrics:
+            stack.callback(metrics.close)
+        parts = await setup(settings, stack)
+        server = GrpcServer(
+            image or DescriptorImage(),
+            parts.servicers,
+            address=settings.grpc_addr,
+            extra_handlers=parts.extra_handlers,
+            extra_service_names=parts.extra_service_names,
+        )
+        address = await server.start()
+        if settings.ready_file:
+            _write_ready_file(
+                settings.ready_file,
+                {"grpc": address, "metrics": metrics.address if metrics else ""},
+            )
+        await stop.wait()
+        await server.stop(settings.grace_period_s)
+
+
+def run_service(service: str, setup: Setup, *, migrations: Sequence[Migrations] = ()) -> None:
+    """Entry point of `python -m svc_<service>`: settings from the environment, then `serve`."""
+    settings = Settings.from_env(os.environ, service=service)
+    configure_logging(service, settings.log_level)
+    configure_tracing(service, settings.otlp_endpoint)
+    asyncio.run(serve(settings, setup, migrations=migrations))

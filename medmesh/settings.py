@@ -1,0 +1,101 @@
+"""Settings: every knob of a medmesh process, read once from the environment at start-up.
+
+Nothing else in the code base reads `os.environ`; constructors receive what they need from a
+`Settings` object, so tests build one explicitly and production reads it in `main()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+SERVICES: tuple[str, ...] = ("auth", "ingest", "infer", "report")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The configuration of one process. Field docs name the variable that sets each one."""
+
+    service: str
+    """Which service this process runs: `auth`, `ingest`, `infer`, `report` (`medmesh`: tools)."""
+    grpc_addr: str = "127.0.0.1:0"
+    """MEDMESH_GRPC_ADDR: host:port the gRPC server binds; port 0 picks a free one."""
+    metrics_addr: str = "127.0.0.1:0"
+    """MEDMESH_METRICS_ADDR: host:port of the Prometheus `/metrics` endpoint; empty disables it."""
+    ready_file: Path | None = None
+    """MEDMESH_READY_FILE: where the process writes its bound addresses (JSON) once SERVING."""
+    postgres_url: str = ""
+    """MEDMESH_POSTGRES_URL: the primary PostgreSQL."""
+    postgres_read_url: str = ""
+    """MEDMESH_POSTGRES_READ_URL: a read replica; reads go to the primary when unset."""
+    redis_url: str = ""
+    """MEDMESH_REDIS_URL."""
+    nats_url: str = ""
+    """MEDMESH_NATS_URL: a NATS server with JetStream enabled."""
+    s3_url: str = ""
+    """MEDMESH_S3_URL: `http(s)://ACCESS_KEY:SECRET_KEY@host:port` of an S3-compatible API."""
+    s3_bucket_prefix: str = ""
+    """MEDMESH_S3_BUCKET_PREFIX: prepended to every bucket name (one account, many stacks)."""
+    subject_root: str = "medmesh"
+    """MEDMESH_SUBJECT_ROOT: first token of every JetStream subject (isolates stacks/tests)."""
+    stream_prefix: str = "MEDMESH"
+    """MEDMESH_STREAM_PREFIX: prefix of every JetStream stream name."""
+    otlp_endpoint: str = ""
+    """MEDMESH_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT): OTLP/gRPC collector, e.g. Jaeger."""
+    log_level: str = "info"
+    """MEDMESH_LOG_LEVEL: debug, info, warning or error."""
+    grace_period_s: float = 10.0
+    """MEDMESH_GRACE_PERIOD_S: how long SIGTERM waits for in-flight RPCs before cancelling."""
+    extra: Mapping[str, str] = field(default_factory=dict)
+    """Service-specific MEDMESH_<SERVICE>_* variables, for the service's own settings class."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, service: str) -> Settings:
+        """Read the process settings from `environ` (normally `os.environ`), once."""
+        ready = environ.get("MEDMESH_READY_FILE", "")
+        prefix = f"MEDMESH_{service.upper()}_"
+        return cls(
+            service=service,
+            grpc_addr=environ.get("MEDMESH_GRPC_ADDR", cls.grpc_addr),
+            metrics_addr=environ.get("MEDMESH_METRICS_ADDR", cls.metrics_addr),
+            ready_file=Path(ready) if ready else None,
+            postgres_url=environ.get("MEDMESH_POSTGRES_URL", ""),
+            postgres_read_url=environ.get("MEDMESH_POSTGRES_READ_URL", ""),
+            redis_url=environ.get("MEDMESH_REDIS_URL", ""),
+            nats_url=environ.get("MEDMESH_NATS_URL", ""),
+            s3_url=environ.get("MEDMESH_S3_URL", ""),
+            s3_bucket_prefix=environ.get("MEDMESH_S3_BUCKET_PREFIX", ""),
+            subject_root=environ.get("MEDMESH_SUBJECT_ROOT", cls.subject_root),
+            stream_prefix=environ.get("MEDMESH_STREAM_PREFIX", cls.stream_prefix),
+            otlp_endpoint=environ.get(
+                "MEDMESH_OTLP_ENDPOINT", environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+            ),
+            log_level=environ.get("MEDMESH_LOG_LEVEL", cls.log_level).lower(),
+            grace_period_s=_float(environ, "MEDMESH_GRACE_PERIOD_S", cls.grace_period_s),
+            extra={k: v for k, v in environ.items() if k.startswith(prefix)},
+        )
+
+    def require(self, *names: str) -> None:
+        """Fail at start-up, naming the variable, when a URL this service needs is unset."""
+        known = {f.name for f in fields(self)}
+        missing = [n for n in names if n in known and not getattr(self, n)]
+        if missing:
+            variables = ", ".join(f"MEDMESH_{n.upper()}" for n in missing)
+            raise SettingsError(
+                f"{self.service} needs {variables}; set it, or start the stack with `medmesh up`"
+            )

@@ -1,0 +1,171 @@
+"""`medmesh up`: the whole product on one machine.
+
+Starts the dependencies that have no URL configured (embedded, data kept under the data
+directory), migrates every schema, starts each service as its own process on a free port,
+waits until each reports SERVING through its ready file, then prints where everything listens.
+Ctrl-C (or SIGTERM) stops the services gracefully, then the embedded dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies
+from medmesh.migrate import migrate_all
+from medmesh.settings import SERVICES
+
+_log = structlog.get_logger("medmesh.up")
+
+READY_TIMEOUT_S = 60.0
+
+
+class StartupError(RuntimeError):
+    """A service did not become ready; the message says which and where its log is."""
+
+
+@dataclass
+class ServiceProcess:
+    """A running service child process and what it reported once ready."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    ready_file: Path
+    log_file: Path
+    addresses: Mapping[str, str] | None = None
+
+
+def _spawn(name: str, env: Mapping[str, str], run_dir: Path, log_dir: Path) -> ServiceProcess:
+    ready_file = run_dir / f"{name}.json"
+    ready_file.unlink(missing_ok=True)
+    log_file = log_dir / f"{name}.log"
+    child_env = {**env, "MEDMESH_READY_FILE": str(ready_file)}
+    child_env.setdefault("MEDMESH_GRPC_ADDR", "127.0.0.1:0")
+    child_env.pop("MEDMESH_GRPC_ADDR_" + name.upper(), None)
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", f"svc_{name}"],
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    return ServiceProcess(name, process, ready_file, log_file)
+
+
+def _wait_ready(services: list[ServiceProcess], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(services)
+    while pending:
+        for service in list(pending):
+            if service.process.poll() is not None:
+                raise StartupError(
+                    f"{service.name} exited with {service.process.returncode}; "
+                    f"see {service.log_file}"
+                )
+            if service.ready_file.exists():
+                service.addresses = json.loads(service.ready_file.read_text())
+                pending.remove(service)
+        if time.monotonic() > deadline:
+            names = ", ".join(s.name for s in pending)
+            raise StartupError(f"not ready after {timeout_s:.0f} s: {names}")
+        time.sleep(0.05)
+
+
+def _stop(services: list[ServiceProcess], grace_s: float) -> None:
+    for service in services:
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s + 5
+    for service in services:
+        try:
+            service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait()
+
+
+@contextmanager
+def running_services(
+    env: Mapping[str, str], data_dir: Path, names: tuple[str, ...] = SERVICES
+) -> Iterator[list[ServiceProcess]]:
+    """Start the services as child processes and yield them once all are SERVING."""
+    run_dir, log_dir = data_dir / "run", data_dir / "logs"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    services: list[ServiceProcess] = []
+    try:
+        services.extend(_spawn(name, env, run_dir, log_dir) for name in names)
+        _wait_ready(services, READY_TIMEOUT_S)
+        yield services
+    finally:
+        _stop(services, grace_s=float(env.get("MEDMESH_GRACE_PERIOD_S", "10")))
+
+
+def status_lines(dependencies: Mapping[str, str], services: list[ServiceProcess]) -> list[str]:
+    """`auth grpc 127.0.0.1:PORT` lines: what `medmesh up` prints once everything is ready."""
+    lines = [f"{name} {url}" for name, url in dependencies.items()]
+    for service in services:
+        addresses = service.addresses or {}
+        lines.append(f"{service.name} grpc {addresses.get('grpc', '')}")
+        if addresses.get("metrics"):
+            lines.append(f"{service.name} metrics http://{addresses['metrics']}/metrics")
+    return lines
+
+
+def status_document(services: list[ServiceProcess]) -> dict[str, str]:
+    """`{"auth": "127.0.0.1:PORT", ...}`: the JSON written by `--status-file`."""
+    return {s.name: (s.addresses or {}).get("grpc", "") for s in services}
+
+
+def _wait_for_signal() -> None:
+    received: list[int] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not received:
+            signal.pause()
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def up(data_dir: Path, status_file: Path | None, environ: Mapping[str, str]) -> int:
+    """Run the whole stack in the foreground until Ctrl-C. Returns the process exit code."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        urls = stack.enter_context(EmbeddedDependencies(data_dir, environ))
+        env = {**environ, **urls}
+        migrate_all(env)
+        try:
+            services = stack.enter_context(running_services(env, data_dir))
+        except StartupError as exc:
+            print(f"medmesh up: {exc}", file=sys.stderr)
+            return 1
+        dependencies = {name: urls[var] for name, var in DEPENDENCY_ENV.items()}
+        for line in status_lines(dependencies, services):
+            print(line, flush=True)
+        if status_file:
+            status_file.write_text(json.dumps(status_document(services), indent=2))
+        print(f"logs in {data_dir / 'logs'}; Ctrl-C stops everything", flush=True)
+        _wait_for_signal()
+    return 0
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """MEDMESH_DATA_DIR, else `.data` in the current directory."""
+    return Path(environ.get("MEDMESH_DATA_DIR", os.path.join(os.getcwd(), ".data")))

@@ -1,0 +1,1 @@
+"""svc_auth: accounts, roles, tokens and the gateway check."""

@@ -1,0 +1,1 @@
+"""svc_infer: inference workers, results and the model registry."""

@@ -1,0 +1,1 @@
+"""svc_ingest: studies and their files: upload, validation, storage, outbox."""

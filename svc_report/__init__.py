@@ -1,0 +1,1 @@
+"""svc_report: reports: HTML/PDF, archive, MIS delivery, e-mail."""
