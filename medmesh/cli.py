@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+import structlog
+
 from medmesh import codegen
 from medmesh.launcher import EmbeddedDependencies
 from medmesh.migrate import migrate_all
@@ -52,6 +54,9 @@ def _deps(data_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `medmesh` console script."""
     args = _parser().parse_args(argv)
+    # Progress goes to stderr so that stdout carries only what the command answers
+    # (the addresses of `up`, the exports of `deps`).
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     data_dir = getattr(args, "data_dir", None) or default_data_dir(os.environ)
     if args.command == "up":
         return up(data_dir, args.status_file, os.environ)

@@ -36,7 +36,7 @@ IGNORED_NAMES = frozenset({"__pycache__"})
 
 
 class CodegenError(RuntimeError):
-    """A buf step failed; the message carries its output."""
+    """A generation step (buf, git, a missing tool) failed; the message says which and why."""
 
 
 def venv_bin_dir() -> Path:

@@ -7,7 +7,8 @@ unique `Topology(subject_root=..., stream_prefix=...)` so that they never share 
 
 Payloads are betterproto2 messages (`bytes(message)` / `Cls.FromString(data)`); the trace
 context travels in NATS headers (W3C `traceparent`), so a job's consumer span joins the trace
-of the request that created the job.
+of the request that created the job. A dead letter is a `medmesh.events.v1.DeadLetterEnvelope`
+(the contract's wire format for the DLQ), the only generated type this module names.
 """
 
 from __future__ import annotations
@@ -28,35 +29,36 @@ from nats.js.api import (
     ConsumerConfig,
     DiscardPolicy,
     PubAck,
-    RawStreamMsg,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
+from gen.medmesh.events.v1 import DeadLetterEnvelope
 from medmesh.errors import DependencyUnavailable
 
 log = structlog.get_logger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
-# Headers added to a dead-lettered copy; the original headers (trace context) are kept too.
-DLQ_ORIGINAL_SUBJECT = "Medmesh-Original-Subject"
-DLQ_ORIGINAL_STREAM = "Medmesh-Original-Stream"
-DLQ_ORIGINAL_SEQUENCE = "Medmesh-Original-Sequence"
-DLQ_ORIGINAL_MSG_ID = "Medmesh-Original-Msg-Id"
-DLQ_DELIVERY_COUNT = "Medmesh-Delivery-Count"
-DLQ_ERROR = "Medmesh-Error"
-DLQ_FAILED_AT = "Medmesh-Failed-At"
-_MAX_ERROR_HEADER_CHARS = 1024
+# Set on dead letters so a listing can filter by clinic without parsing every envelope.
+CLINIC_ID_HEADER = "Medmesh-Clinic-Id"
 # JetStream's "stream name already in use with a different configuration".
 _ERR_STREAM_NAME_IN_USE = 10058
+# Publish failures that mean "JetStream cannot take it now", as opposed to a bad request.
+_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
 
 
 class ProtoMessage(Protocol):
-    """What this module needs of a betterproto2 message, so it does not import `gen`."""
+    """What publish/decode need of a message: any betterproto2 class from `gen/` fits."""
 
     def __bytes__(self) -> bytes: ...
 
@@ -147,8 +149,13 @@ class Topology:
 
     @property
     def report_subject(self) -> str:
-        """Jobs that build, archive and deliver a report."""
+        """Jobs that build and archive a report."""
         return self.subject("jobs.report")
+
+    @property
+    def deliver_subject(self) -> str:
+        """Jobs that push a report to the clinic's MIS."""
+        return self.subject("jobs.deliver")
 
     def study_event_subject(self, status: str) -> str:
         """`<root>.events.study.<status>`; status is one lowercase token (`uploaded`)."""
@@ -160,6 +167,11 @@ class Topology:
     def result_ready_subject(self) -> str:
         """An inference result was stored."""
         return self.subject("events.result.ready")
+
+    @property
+    def result_failed_subject(self) -> str:
+        """An inference job failed its last attempt (and went to the DLQ)."""
+        return self.subject("events.result.failed")
 
     @property
     def report_ready_subject(self) -> str:
@@ -209,9 +221,19 @@ class Topology:
         """svc_report's consumer of report jobs."""
         return ConsumerSpec("report", self.jobs_stream, self.report_subject)
 
+    @property
+    def deliver_consumer(self) -> ConsumerSpec:
+        """svc_report's consumer of MIS delivery jobs."""
+        return ConsumerSpec("deliver", self.jobs_stream, self.deliver_subject)
+
     def consumer_specs(self) -> list[ConsumerSpec]:
         """Every durable consumer."""
-        return [self.infer_image_consumer, self.infer_text_consumer, self.report_consumer]
+        return [
+            self.infer_image_consumer,
+            self.infer_text_consumer,
+            self.report_consumer,
+            self.deliver_consumer,
+        ]
 
 
 async def ensure_topology(js: JetStreamContext, topology: Topology) -> None:
@@ -301,11 +323,7 @@ async def publish_message(
             all_headers[MSG_ID_HEADER] = msg_id
         try:
             ack = await js.publish(subject, bytes(message), headers=all_headers)
-        except (
-            nats.errors.TimeoutError,
-            nats.errors.NoRespondersError,
-            nats.errors.ConnectionClosedError,
-        ) as exc:
+        except _UNAVAILABLE_ERRORS as exc:
             raise DependencyUnavailable(
                 "nats", f"publish to {subject}: {exc or type(exc).__name__}"
             ) from exc
@@ -320,71 +338,44 @@ def decode_message(msg: Msg, cls: type[M]) -> tuple[M, Context]:
     return cls.FromString(msg.data), propagate.extract(msg.headers or {})
 
 
-def _header_safe(text: str) -> str:
-    """NATS headers are single lines; an exception message may not be."""
-    return " ".join(text.split())[:_MAX_ERROR_HEADER_CHARS]
-
-
 async def publish_dead_letter(
-    js: JetStreamContext, topology: Topology, msg: Msg, error: str
+    js: JetStreamContext,
+    topology: Topology,
+    msg: Msg,
+    error: str,
+    *,
+    clinic_id: str = "",
+    first_failure_time: datetime | None = None,
 ) -> PubAck:
-    """Copy a job that failed its last attempt to `<root>.dlq.<tail>`: same payload and
-    headers, plus where it came from, how often it was delivered and why it failed.
+    """Wrap a job that failed its last attempt in a `DeadLetterEnvelope` (payload, original
+    subject, delivery count, error, headers) and publish it on `<root>.dlq.<tail>`.
 
-    The copy's Msg-Id is derived from the original stream sequence, so a consumer that crashes
-    between dead-lettering and acking does not dead-letter the same job twice.
+    `clinic_id` comes from the decoded job (the payload is opaque here); listing dead letters
+    filters by it. The envelope's Msg-Id is derived from the job's stream sequence, so a
+    consumer that crashes between dead-lettering and acking does not dead-letter it twice.
     """
     headers = dict(msg.headers or {})
-    original_msg_id = headers.pop(MSG_ID_HEADER, None)
     try:
         meta = msg.metadata
-        stream, sequence, deliveries = meta.stream, meta.sequence.stream, meta.num_delivered
+        attempts, dedup_id = meta.num_delivered, f"dlq:{meta.stream}:{meta.sequence.stream}"
     except nats.errors.NotJSMessageError:
-        stream, sequence, deliveries = "", 0, 0
-    headers.update(
-        {
-            DLQ_ORIGINAL_SUBJECT: msg.subject,
-            DLQ_ORIGINAL_STREAM: stream,
-            DLQ_ORIGINAL_SEQUENCE: str(sequence),
-            DLQ_DELIVERY_COUNT: str(deliveries),
-            DLQ_ERROR: _header_safe(error),
-            DLQ_FAILED_AT: datetime.now(UTC).isoformat(),
-        }
+        attempts, dedup_id = 1, None
+    now = datetime.now(UTC)
+    envelope = DeadLetterEnvelope(
+        original_subject=msg.subject,
+        payload=msg.data,
+        error=error,
+        attempts=attempts,
+        first_failure_time=first_failure_time or now,
+        last_failure_time=now,
+        msg_id=headers.get(MSG_ID_HEADER, ""),
+        clinic_id=clinic_id,
+        headers=headers,
     )
-    if original_msg_id is not None:
-        headers[DLQ_ORIGINAL_MSG_ID] = original_msg_id
-    if stream:
-        headers[MSG_ID_HEADER] = f"dlq:{stream}:{sequence}"
-    try:
-        return await js.publish(topology.dlq_subject(msg.subject), msg.data, headers=headers)
-    except (
-        nats.errors.TimeoutError,
-        nats.errors.NoRespondersError,
-        nats.errors.ConnectionClosedError,
-    ) as exc:
-        raise DependencyUnavailable("nats", f"dead-letter {msg.subject}: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A dead-lettered job as read back from the DLQ stream (for listing and replay)."""
-
-    original_subject: str
-    payload: bytes
-    error: str
-    delivery_count: int
-    original_msg_id: str | None
-    failed_at: str
-
-    @classmethod
-    def from_msg(cls, msg: Msg | RawStreamMsg) -> DeadLetter:
-        """Read the copy made by `publish_dead_letter`, fetched by a consumer or by sequence."""
-        headers = msg.headers or {}
-        return cls(
-            original_subject=headers.get(DLQ_ORIGINAL_SUBJECT, ""),
-            payload=msg.data or b"",
-            error=headers.get(DLQ_ERROR, ""),
-            delivery_count=int(headers.get(DLQ_DELIVERY_COUNT, "0")),
-            original_msg_id=headers.get(DLQ_ORIGINAL_MSG_ID),
-            failed_at=headers.get(DLQ_FAILED_AT, ""),
-        )
+    return await publish_message(
+        js,
+        topology.dlq_subject(msg.subject),
+        envelope,
+        msg_id=dedup_id,
+        headers={CLINIC_ID_HEADER: clinic_id} if clinic_id else None,
+    )

@@ -85,9 +85,9 @@ def apply_migrations(database_url: str, *, schema: str, migrations_dir: Path) ->
 def applied_migrations(database_url: str, *, schema: str) -> list[str]:
     """Ids of the migrations recorded in `schema`'s own history, oldest first."""
     _check_schema(schema)
-    query = sql.SQL("SELECT migration_id FROM {}._yoyo_migration ORDER BY applied_at_utc").format(
-        sql.Identifier(schema)
-    )
+    query = sql.SQL(
+        "SELECT migration_id FROM {}._yoyo_migration ORDER BY applied_at_utc, migration_id"
+    ).format(sql.Identifier(schema))
     with _connect(database_url) as conn:
         try:
             return [str(row[0]) for row in conn.execute(query).fetchall()]

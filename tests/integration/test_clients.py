@@ -5,10 +5,7 @@ server cannot be reached."""
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass
-from typing import Self
 
 import nats
 import pytest
@@ -19,11 +16,12 @@ from nats.js.api import AckPolicy, RetentionPolicy, StorageType
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from gen.medmesh.common.v1 import FileKind
+from gen.medmesh.events.v1 import DeadLetterEnvelope, InferenceJob, ReportJob
 from medmesh.cache import open_redis
 from medmesh.db import Database
 from medmesh.errors import DependencyUnavailable, NotFound
 from medmesh.jetstream import (
-    DeadLetter,
     Topology,
     connect_nats,
     decode_message,
@@ -32,21 +30,6 @@ from medmesh.jetstream import (
     publish_message,
 )
 from medmesh.objects import LOGICAL_BUCKETS, RAW_IMAGES, REPORTS_ARCHIVE, ObjectStore
-
-
-@dataclass
-class StandInJob:
-    """A betterproto2-shaped message (`bytes(m)`, `FromString`) until gen/ has InferenceJob."""
-
-    job_id: str
-    study_id: str
-
-    def __bytes__(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
-
-    @classmethod
-    def FromString(cls, data: bytes) -> Self:
-        return cls(**json.loads(data))
 
 
 @pytest.fixture
@@ -105,6 +88,12 @@ async def test_streams_and_consumers_are_declared_idempotently_as_configured(
         assert config.retention == RetentionPolicy.LIMITS
         assert config.max_age == 24 * 3600
         assert config.duplicate_window == 120
+    assert [spec.durable for spec in topology.consumer_specs()] == [
+        "infer-image",
+        "infer-text",
+        "report",
+        "deliver",
+    ]
     for spec in topology.consumer_specs():
         consumer = (await js.consumer_info(topology.jobs_stream, spec.durable)).config
         assert consumer.ack_policy == AckPolicy.EXPLICIT
@@ -131,14 +120,23 @@ async def test_changed_stream_limits_are_applied_to_the_existing_stream(
 async def test_published_job_reaches_its_consumer_with_the_producers_trace_context(
     js: JetStreamContext, topology: Topology
 ) -> None:
-    job = StandInJob(job_id="job-1", study_id="study-1")
+    job = InferenceJob(
+        job_id="job-1",
+        clinic_id="clinic-1",
+        study_id="study-1",
+        file_id="file-1",
+        kind=FileKind.IMAGE_PNG,
+        bucket="medical-images-raw",
+        object_key="clinic-1/study-1/file-1.png",
+        content_type="image/png",
+    )
     tracer = TracerProvider().get_tracer("test")
     with tracer.start_as_current_span("upload study") as parent:
         ack = await publish_message(js, topology.infer_image_subject, job, msg_id="outbox-1")
     spec = topology.infer_image_consumer
     sub = await js.pull_subscribe_bind(spec.durable, spec.stream)
     [msg] = await sub.fetch(1, timeout=5)
-    received, context = decode_message(msg, StandInJob)
+    received, context = decode_message(msg, InferenceJob)
     await msg.ack()
 
     assert ack.stream == topology.jobs_stream
@@ -153,7 +151,7 @@ async def test_published_job_reaches_its_consumer_with_the_producers_trace_conte
 async def test_same_msg_id_published_twice_is_stored_once(
     js: JetStreamContext, topology: Topology
 ) -> None:
-    job = StandInJob(job_id="job-2", study_id="study-2")
+    job = InferenceJob(job_id="job-2", clinic_id="clinic-1", study_id="study-2")
     first = await publish_message(js, topology.infer_text_subject, job, msg_id="outbox-2")
     second = await publish_message(js, topology.infer_text_subject, job, msg_id="outbox-2")
 
@@ -166,26 +164,39 @@ async def test_same_msg_id_published_twice_is_stored_once(
 async def test_failed_job_copied_to_the_dlq_keeps_payload_subject_and_error(
     js: JetStreamContext, topology: Topology
 ) -> None:
-    job = StandInJob(job_id="job-3", study_id="study-3")
+    job = ReportJob(job_id="job-3", clinic_id="clinic-9", study_id="study-3", report_id="r-3")
     await publish_message(js, topology.report_subject, job, msg_id="outbox-3")
     spec = topology.report_consumer
     sub = await js.pull_subscribe_bind(spec.durable, spec.stream)
     [msg] = await sub.fetch(1, timeout=5)
 
-    await publish_dead_letter(js, topology, msg, "renderer crashed:\nTraceback ...")
-    await publish_dead_letter(js, topology, msg, "renderer crashed again")  # same job: once
+    await publish_dead_letter(js, topology, msg, "renderer crashed", clinic_id=job.clinic_id)
+    await publish_dead_letter(js, topology, msg, "renderer crashed", clinic_id=job.clinic_id)
     await msg.term()
 
     dlq_subject = f"{topology.subject_root}.dlq.jobs.report"
     stored = await js.get_last_msg(topology.dlq_stream, dlq_subject)
-    letter = DeadLetter.from_msg(stored)
-    assert stored.subject == dlq_subject
-    assert StandInJob.FromString(letter.payload) == job
-    assert letter.original_subject == topology.report_subject
-    assert letter.error == "renderer crashed: Traceback ..."
-    assert letter.delivery_count == 1
-    assert letter.original_msg_id == "outbox-3"
-    assert (await js.stream_info(topology.dlq_stream)).state.messages == 1
+    envelope = DeadLetterEnvelope.FromString(stored.data or b"")
+    assert ReportJob.FromString(envelope.payload) == job
+    assert envelope.original_subject == topology.report_subject
+    assert envelope.error == "renderer crashed"
+    assert envelope.attempts == 1
+    assert envelope.msg_id == "outbox-3"
+    assert envelope.clinic_id == "clinic-9"
+    assert envelope.headers["Nats-Msg-Id"] == "outbox-3"
+    assert envelope.last_failure_time is not None
+    assert (stored.headers or {})["Medmesh-Clinic-Id"] == "clinic-9"
+    assert (await js.stream_info(topology.dlq_stream)).state.messages == 1  # stored once
+
+
+async def test_publishing_where_no_stream_listens_raises_dependency_unavailable(
+    js: JetStreamContext, topology: Topology
+) -> None:
+    job = InferenceJob(job_id="job-4")
+    with pytest.raises(DependencyUnavailable) as raised:
+        await publish_message(js, f"{topology.subject_root}.nowhere", job)
+
+    assert raised.value.dependency == "nats"
 
 
 # Object storage.
