@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -235,11 +235,15 @@ class LoggingInterceptor(_ObservingInterceptor):
 _SERVER_FAULTS = frozenset({"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"})
 
 
-def default_interceptors() -> list[AsyncServerInterceptor]:
-    """The chain every medmesh server installs, outermost first."""
+def default_interceptors(
+    innermost: Sequence[AsyncServerInterceptor] = (),
+) -> list[AsyncServerInterceptor]:
+    """The chain every medmesh server installs, outermost first; `innermost` (authentication)
+    runs inside error mapping so that its domain errors become statuses too."""
     return [
         MetricsInterceptor(),
         LoggingInterceptor(),
         DeadlineInterceptor(),
         ErrorMappingInterceptor(),
+        *innermost,
     ]

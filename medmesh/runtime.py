@@ -22,7 +22,9 @@ import grpc
 import structlog
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
 
+from medmesh.auth import AuthInterceptor, GrpcJwksSource, TokenVerifier
 from medmesh.contract import DescriptorImage
+from medmesh.identity import RoleRules
 from medmesh.migrations import apply_migrations
 from medmesh.server import GrpcServer
 from medmesh.settings import Settings
@@ -41,9 +43,17 @@ class Migrations:
 
 @dataclass
 class ServiceParts:
-    """What a service's setup hands to the runtime: servicers by full service name."""
+    """What a service's setup hands to the runtime.
+
+    `servicers` by full service name; `role_rules` by full service name (an RPC without a
+    rule is denied to everyone); `verifier` only when the service verifies tokens some other
+    way than with svc_auth's JWKS over gRPC (svc_auth itself, tests). Extra handlers serve
+    services outside the contract (Envoy's ext_authz Check), named for health/reflection.
+    """
 
     servicers: Mapping[str, object]
+    role_rules: Mapping[str, RoleRules] = field(default_factory=dict)
+    verifier: TokenVerifier | None = None
     extra_handlers: Sequence[grpc.GenericRpcHandler] = field(default_factory=tuple)
     extra_service_names: Sequence[str] = field(default_factory=tuple)
 
@@ -101,12 +111,15 @@ async def serve(
         if metrics:
             stack.callback(metrics.close)
         parts = await setup(settings, stack)
+        image = image or DescriptorImage()
+        verifier = parts.verifier or await _jwks_verifier(settings, image, stack)
         server = GrpcServer(
-            image or DescriptorImage(),
+            image,
             parts.servicers,
             address=settings.grpc_addr,
             extra_handlers=parts.extra_handlers,
             extra_service_names=parts.extra_service_names,
+            interceptors=[AuthInterceptor(verifier, parts.role_rules)],
         )
         address = await server.start()
         if settings.ready_file:
@@ -116,6 +129,16 @@ async def serve(
             )
         await stop.wait()
         await server.stop(settings.grace_period_s)
+
+
+async def _jwks_verifier(
+    settings: Settings, image: DescriptorImage, stack: AsyncExitStack
+) -> TokenVerifier:
+    """Verify tokens with the keys svc_auth publishes (fetched lazily, cached, refreshed)."""
+    settings.require("auth_addr")
+    source = GrpcJwksSource(settings.auth_addr, image=image)
+    stack.push_async_callback(source.close)
+    return TokenVerifier(source, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
 
 
 def run_service(service: str, setup: Setup, *, migrations: Sequence[Migrations] = ()) -> None:

@@ -10,6 +10,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
+from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_reflection.v1alpha import reflection
 
 from medmesh.contract import DescriptorImage, Method, snake_case
@@ -74,6 +75,7 @@ class GrpcServer:
         address: str = "127.0.0.1:0",
         extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
         extra_service_names: Sequence[str] = (),
+        interceptors: Sequence[AsyncServerInterceptor] = (),
     ) -> None:
         self._image = image
         self._servicers = dict(servicers)
@@ -81,7 +83,7 @@ class GrpcServer:
         self.health = health_aio.HealthServicer()
         self.address = ""
         self._server = grpc.aio.server(
-            interceptors=default_interceptors(),
+            interceptors=default_interceptors(interceptors),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -55,6 +55,12 @@ class Settings:
     """MEDMESH_SUBJECT_ROOT: first token of every JetStream subject (isolates stacks/tests)."""
     stream_prefix: str = "MEDMESH"
     """MEDMESH_STREAM_PREFIX: prefix of every JetStream stream name."""
+    auth_addr: str = ""
+    """MEDMESH_AUTH_ADDR: svc_auth's gRPC address; services fetch its JWKS to verify tokens."""
+    jwt_issuer: str = "medmesh"
+    """MEDMESH_JWT_ISSUER: the `iss` claim access tokens must carry."""
+    jwt_audience: str = "medmesh"
+    """MEDMESH_JWT_AUDIENCE: the `aud` claim access tokens must carry."""
     otlp_endpoint: str = ""
     """MEDMESH_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT): OTLP/gRPC collector, e.g. Jaeger."""
     log_level: str = "info"
@@ -82,6 +88,9 @@ class Settings:
             s3_bucket_prefix=environ.get("MEDMESH_S3_BUCKET_PREFIX", ""),
             subject_root=environ.get("MEDMESH_SUBJECT_ROOT", cls.subject_root),
             stream_prefix=environ.get("MEDMESH_STREAM_PREFIX", cls.stream_prefix),
+            auth_addr=environ.get("MEDMESH_AUTH_ADDR", ""),
+            jwt_issuer=environ.get("MEDMESH_JWT_ISSUER", cls.jwt_issuer),
+            jwt_audience=environ.get("MEDMESH_JWT_AUDIENCE", cls.jwt_audience),
             otlp_endpoint=environ.get(
                 "MEDMESH_OTLP_ENDPOINT", environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
             ),

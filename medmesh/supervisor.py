@@ -66,7 +66,7 @@ def _spawn(name: str, env: Mapping[str, str], run_dir: Path, log_dir: Path) -> S
 
 def _wait_ready(services: list[ServiceProcess], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    pending = list(services)
+    pending = [s for s in services if s.addresses is None]
     while pending:
         for service in list(pending):
             if service.process.poll() is not None:
@@ -106,7 +106,12 @@ def running_services(
     log_dir.mkdir(parents=True, exist_ok=True)
     services: list[ServiceProcess] = []
     try:
-        services.extend(_spawn(name, env, run_dir, log_dir) for name in names)
+        # svc_auth first: every other service verifies tokens with the keys it publishes.
+        first, rest = names[:1], names[1:]
+        services.extend(_spawn(name, env, run_dir, log_dir) for name in first)
+        _wait_ready(services, READY_TIMEOUT_S)
+        env = {**env, "MEDMESH_AUTH_ADDR": (services[0].addresses or {})["grpc"]}
+        services.extend(_spawn(name, env, run_dir, log_dir) for name in rest)
         _wait_ready(services, READY_TIMEOUT_S)
         yield services
     finally:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from psycopg import sql
+from support.tokens import TokenFactory
 
 from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies
 
@@ -62,3 +63,9 @@ def database_url(postgres_url: str) -> Iterator[str]:
     yield urlsplit(postgres_url)._replace(path=f"/{name}").geturl()
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(database))
+
+
+@pytest.fixture(scope="session")
+def tokens() -> TokenFactory:
+    """Mints access tokens; `tokens.verifier()` is what services under test verify with."""
+    return TokenFactory()

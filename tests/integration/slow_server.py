@@ -8,9 +8,12 @@ import os
 from contextlib import AsyncExitStack
 
 from gen.medmesh.ingest.v1 import GetStudyRequest, GetStudyResponse, Study
+from medmesh.auth import StaticJwks, TokenVerifier
+from medmesh.identity import PUBLIC
 from medmesh.runtime import ServiceParts
 from medmesh.settings import Settings
 
+INGEST = "medmesh.ingest.v1.IngestService"
 SLOW_RPC_SECONDS = 1.5
 
 
@@ -24,7 +27,11 @@ class SlowIngest:
 
 async def setup(_settings: Settings, _stack: AsyncExitStack) -> ServiceParts:
     """No dependencies: just the slow servicer."""
-    return ServiceParts(servicers={"medmesh.ingest.v1.IngestService": SlowIngest()})
+    return ServiceParts(
+        servicers={INGEST: SlowIngest()},
+        role_rules={INGEST: {"GetStudy": PUBLIC}},
+        verifier=TokenVerifier(StaticJwks({"keys": []}), issuer="medmesh", audience="medmesh"),
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ metrics, deadline propagation, and a graceful SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -24,8 +25,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from grpc_status import rpc_status
+from support.tokens import TokenFactory
 
 from gen.medmesh.ingest.v1 import (
+    DeleteStudyRequest,
     GetFileRequest,
     GetStudyRequest,
     GetStudyResponse,
@@ -36,6 +39,16 @@ from gen.medmesh.ingest.v1 import (
 from medmesh import errors
 from medmesh.client import AsyncStub
 from medmesh.contract import DescriptorImage
+from medmesh.identity import (
+    ADMIN,
+    ANY_ROLE,
+    CLINICIAN,
+    PUBLIC,
+    TECHNICIAN,
+    VIEWER,
+    RoleRules,
+    current_identity,
+)
 from medmesh.interceptors import remaining_time
 from medmesh.runtime import ServiceParts, serve
 from medmesh.settings import Settings
@@ -60,7 +73,8 @@ class ScriptedIngest:
             raise RuntimeError("secret internal detail")
         if request.name == "studies/busy":
             raise errors.ResourceExhausted("slow down", retry_after_s=2.5)
-        return GetStudyResponse(study=Study(name=request.name, patient_ref="p-1"))
+        caller = current_identity()
+        return GetStudyResponse(study=Study(name=request.name, clinic_id=caller.clinic_id))
 
     async def watch_study(
         self, request: WatchStudyRequest, _context: Any
@@ -75,15 +89,27 @@ def image() -> DescriptorImage:
     return DescriptorImage()
 
 
+RULES: RoleRules = {
+    "GetStudy": frozenset({CLINICIAN, VIEWER}),
+    "WatchStudy": ANY_ROLE,
+    "GetFile": ANY_ROLE,
+    "ListStudies": PUBLIC,
+}
+
+
 @pytest.fixture
-async def server(tmp_path: Path, image: DescriptorImage) -> AsyncIterator[dict[str, Any]]:
+async def server(
+    tmp_path: Path, image: DescriptorImage, tokens: TokenFactory
+) -> AsyncIterator[dict[str, Any]]:
     """The bootstrap serving ScriptedIngest in this process on free ports."""
     ready = tmp_path / "ready.json"
     settings = Settings(service="ingest", ready_file=ready, grace_period_s=1)
     servicer = ScriptedIngest()
 
     async def setup(_settings: Settings, _stack: AsyncExitStack) -> ServiceParts:
-        return ServiceParts(servicers={INGEST: servicer})
+        return ServiceParts(
+            servicers={INGEST: servicer}, role_rules={INGEST: RULES}, verifier=tokens.verifier()
+        )
 
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, setup, image=image, stop=stop))
@@ -103,10 +129,54 @@ def stub(server: dict[str, Any], image: DescriptorImage) -> AsyncStub:
     return AsyncStub(server["channel"], INGEST, image)
 
 
-async def test_a_successful_call_returns_the_typed_response(stub: AsyncStub) -> None:
-    response = await stub.get_study(GetStudyRequest(name="studies/s1"))
+@pytest.fixture
+def auth(tokens: TokenFactory) -> tuple[tuple[str, str], ...]:
+    """Call metadata of a clinician of clinic-a."""
+    return tokens.metadata_for(user_id="u-1", clinic_id="clinic-a", roles=[CLINICIAN])
+
+
+async def test_a_successful_call_returns_the_typed_response_for_the_callers_clinic(
+    stub: AsyncStub, auth: Any
+) -> None:
+    response = await stub.get_study(GetStudyRequest(name="studies/s1"), metadata=auth)
     assert response.study.name == "studies/s1"
-    assert response.study.patient_ref == "p-1"
+    assert response.study.clinic_id == "clinic-a"
+
+
+@pytest.mark.parametrize(
+    ("roles", "with_token", "rpc", "code"),
+    [
+        ([CLINICIAN], False, "get_study", grpc.StatusCode.UNAUTHENTICATED),
+        ([TECHNICIAN], True, "get_study", grpc.StatusCode.PERMISSION_DENIED),
+        ([ADMIN], True, "delete_study", grpc.StatusCode.PERMISSION_DENIED),
+        ([VIEWER], True, "get_study", grpc.StatusCode.OK),
+    ],
+)
+async def test_the_role_rules_decide_who_may_call_each_rpc(
+    stub: AsyncStub,
+    tokens: TokenFactory,
+    roles: list[str],
+    with_token: bool,
+    rpc: str,
+    code: grpc.StatusCode,
+) -> None:
+    metadata = tokens.metadata_for(roles=roles) if with_token else ()
+    request = (
+        DeleteStudyRequest(name="studies/s1")
+        if rpc == "delete_study"
+        else GetStudyRequest(name="studies/s1")
+    )
+    call = getattr(stub, rpc)(request, metadata=metadata)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await call
+    assert await call.code() == code
+
+
+async def test_a_token_from_an_unknown_signer_is_unauthenticated(stub: AsyncStub) -> None:
+    stranger = TokenFactory()
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stub.get_study(GetStudyRequest(name="studies/s1"), metadata=stranger.metadata_for())
+    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_reflection_lists_the_service_and_health(server: dict[str, Any]) -> None:
@@ -143,16 +213,18 @@ async def test_health_reports_serving_for_the_server_and_the_service(
     ],
 )
 async def test_a_domain_error_becomes_its_status_code_and_message(
-    stub: AsyncStub, name: str, code: grpc.StatusCode, detail: str
+    stub: AsyncStub, auth: Any, name: str, code: grpc.StatusCode, detail: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await stub.get_study(GetStudyRequest(name=name))
+        await stub.get_study(GetStudyRequest(name=name), metadata=auth)
     assert failure.value.code() == code
     assert failure.value.details() == detail
 
 
-async def test_invalid_input_carries_a_bad_request_field_violation(stub: AsyncStub) -> None:
-    call = stub.get_study(GetStudyRequest(name="studies/bad"))
+async def test_invalid_input_carries_a_bad_request_field_violation(
+    stub: AsyncStub, auth: Any
+) -> None:
+    call = stub.get_study(GetStudyRequest(name="studies/bad"), metadata=auth)
     with pytest.raises(grpc.aio.AioRpcError):
         await call
     status = await rpc_status.aio.from_call(call)
@@ -164,8 +236,8 @@ async def test_invalid_input_carries_a_bad_request_field_violation(stub: AsyncSt
     ]
 
 
-async def test_rate_limited_calls_carry_retry_info(stub: AsyncStub) -> None:
-    call = stub.get_study(GetStudyRequest(name="studies/busy"))
+async def test_rate_limited_calls_carry_retry_info(stub: AsyncStub, auth: Any) -> None:
+    call = stub.get_study(GetStudyRequest(name="studies/busy"), metadata=auth)
     with pytest.raises(grpc.aio.AioRpcError):
         await call
     status = await rpc_status.aio.from_call(call)
@@ -175,11 +247,13 @@ async def test_rate_limited_calls_carry_retry_info(stub: AsyncStub) -> None:
     assert retry.retry_delay.ToMilliseconds() == 2500
 
 
-async def test_an_error_in_the_middle_of_a_stream_becomes_unavailable(stub: AsyncStub) -> None:
+async def test_an_error_in_the_middle_of_a_stream_becomes_unavailable(
+    stub: AsyncStub, auth: Any
+) -> None:
     received: list[str] = []
 
     async def watch() -> None:
-        async for message in stub.watch_study(WatchStudyRequest(name="studies/s1")):
+        async for message in stub.watch_study(WatchStudyRequest(name="studies/s1"), metadata=auth):
             received.append(message.study)
 
     with pytest.raises(grpc.aio.AioRpcError) as failure:
@@ -189,17 +263,17 @@ async def test_an_error_in_the_middle_of_a_stream_becomes_unavailable(stub: Asyn
     assert failure.value.details() == "nats is unavailable: connection lost"
 
 
-async def test_an_rpc_the_servicer_lacks_answers_unimplemented(stub: AsyncStub) -> None:
+async def test_an_rpc_the_servicer_lacks_answers_unimplemented(stub: AsyncStub, auth: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await stub.get_file(GetFileRequest(name="studies/s1/files/f1"))
+        await stub.get_file(GetFileRequest(name="studies/s1/files/f1"), metadata=auth)
     assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_the_callers_deadline_is_visible_to_the_handler(
-    stub: AsyncStub, server: dict[str, Any]
+    stub: AsyncStub, server: dict[str, Any], auth: Any
 ) -> None:
-    await stub.get_study(GetStudyRequest(name="studies/s1"), timeout=5)
-    await stub.get_study(GetStudyRequest(name="studies/s1"))
+    await stub.get_study(GetStudyRequest(name="studies/s1"), timeout=5, metadata=auth)
+    await stub.get_study(GetStudyRequest(name="studies/s1"), metadata=auth)
     with_deadline, without = server["servicer"].seen_remaining[-2:]
     assert with_deadline is not None
     assert 3 < with_deadline <= 5
@@ -207,7 +281,7 @@ async def test_the_callers_deadline_is_visible_to_the_handler(
 
 
 async def test_metrics_count_each_call_by_status_code(
-    stub: AsyncStub, server: dict[str, Any]
+    stub: AsyncStub, server: dict[str, Any], auth: Any
 ) -> None:
     def handled(code: str) -> float:
         url = f"http://{server['metrics']}/metrics"
@@ -221,9 +295,9 @@ async def test_metrics_count_each_call_by_status_code(
         return float(line.rsplit(" ", 1)[1])
 
     ok_before, missing_before = handled("OK"), handled("NOT_FOUND")
-    await stub.get_study(GetStudyRequest(name="studies/s1"))
+    await stub.get_study(GetStudyRequest(name="studies/s1"), metadata=auth)
     with pytest.raises(grpc.aio.AioRpcError):
-        await stub.get_study(GetStudyRequest(name="studies/missing"))
+        await stub.get_study(GetStudyRequest(name="studies/missing"), metadata=auth)
     assert handled("OK") == ok_before + 1
     assert handled("NOT_FOUND") == missing_before + 1
 

@@ -1,0 +1,89 @@
+"""The authentication interceptor: verify the bearer token, enforce the RPC's role rule,
+bind the caller's Identity for the handler. Installed by the runtime on every service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
+
+from grpc_interceptor.server import AsyncServerInterceptor, parse_method_name
+
+from medmesh.auth.tokens import TokenVerifier
+from medmesh.errors import PermissionDenied, Unauthenticated
+from medmesh.identity import Identity, Public, RoleRules, bind_identity, reset_identity
+
+# Infrastructure every client (load balancers, grpcurl) may call without a token.
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The token of an `authorization: Bearer <token>` metadata entry, if any."""
+    for key, value in metadata or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+class AuthInterceptor(AsyncServerInterceptor):
+    """Closed by default: an RPC without a rule in `rules` is PERMISSION_DENIED for everyone."""
+
+    def __init__(self, verifier: TokenVerifier, rules: Mapping[str, RoleRules]) -> None:
+        self._verifier = verifier
+        self._rules = rules
+
+    async def intercept(
+        self, method: Callable, request: Any, context: Any, method_name: str
+    ) -> Any:
+        name = parse_method_name(method_name)
+        if name.fully_qualified_service in OPEN_SERVICES:
+            return await _call(method, request, context, None)
+        rule = self._rules.get(name.fully_qualified_service, {}).get(name.method)
+        identity = await self._identify(bearer_token(context.invocation_metadata()), rule)
+        if rule is None or (
+            not isinstance(rule, Public) and (identity is None or not identity.has_any(rule))
+        ):
+            raise PermissionDenied("the caller's roles do not allow this")
+        return await _call(method, request, context, identity)
+
+    async def _identify(self, token: str | None, rule: object) -> Identity | None:
+        if isinstance(rule, Public):
+            # A public RPC ignores a stale or broken token rather than refusing a login.
+            if token is None:
+                return None
+            try:
+                return await self._verifier.verify(token)
+            except Unauthenticated:
+                return None
+        if token is None:
+            raise Unauthenticated("a valid access token is required")
+        return await self._verifier.verify(token)
+
+
+async def _call(method: Callable, request: Any, context: Any, identity: Identity | None) -> Any:
+    result = method(request, context)
+    if hasattr(result, "__aiter__"):
+        return _stream_as(identity, result)
+    token = bind_identity(identity)
+    try:
+        return await result
+    finally:
+        reset_identity(token)
+
+
+async def _stream_as(identity: Identity | None, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    # The handler's generator body runs while this one iterates it, so the identity is bound
+    # for exactly the life of the stream.
+    token = bind_identity(identity)
+    try:
+        async for item in stream:
+            yield item
+    finally:
+        reset_identity(token)
