@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import signal
 import sys
 from pathlib import Path
 
+import grpc
 import structlog
 
 from medmesh import codegen
+from medmesh.client import call_json
+from medmesh.contract import DescriptorImage
 from medmesh.launcher import EmbeddedDependencies
 from medmesh.migrate import migrate_all
 from medmesh.supervisor import default_data_dir, up
@@ -35,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("migrate", help="apply every service's database migrations")
 
+    call = commands.add_parser(
+        "call", help="call an RPC with a JSON request and print JSON responses (like grpcurl)"
+    )
+    call.add_argument("address", help="host:port of the service")
+    call.add_argument("method", help="e.g. medmesh.auth.v1.AuthService/GetJwks")
+    call.add_argument("request", nargs="?", default="{}", help="proto-JSON request body")
+    call.add_argument("--token", help="access token, sent as `authorization: Bearer TOKEN`")
+
     gen = commands.add_parser("gen", help="regenerate gen/ from proto/ (buf, local plugins)")
     gen.add_argument("--check", action="store_true", help="fail if gen/ is stale; write nothing")
     return parser
@@ -48,6 +61,22 @@ def _deps(data_dir: Path) -> int:
         stop_signals = {signal.SIGINT, signal.SIGTERM}
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         signal.sigwait(stop_signals)
+    return 0
+
+
+def _call(address: str, method: str, request: str, token: str | None) -> int:
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    try:
+        responses = asyncio.run(
+            call_json(
+                address, method, json.loads(request), image=DescriptorImage(), metadata=metadata
+            )
+        )
+    except grpc.aio.AioRpcError as exc:
+        print(f"ERROR: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    for response in responses:
+        print(json.dumps(response, indent=2))
     return 0
 
 
@@ -65,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         migrate_all(os.environ)
         return 0
+    if args.command == "call":
+        return _call(args.address, args.method, args.request, args.token)
     return codegen.generate(check=args.check)
 
 

@@ -7,6 +7,7 @@ per RPC, snake_case, taking the betterproto2 request and the usual `timeout`/`me
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -44,3 +45,32 @@ def _multicallable(channel: grpc.aio.Channel, method: Method) -> Any:
         request_serializer=bytes,
         response_deserializer=method.response_type.FromString,
     )
+
+
+async def call_json(
+    address: str,
+    method_path: str,
+    request_json: Mapping[str, Any],
+    *,
+    image: DescriptorImage,
+    metadata: Sequence[tuple[str, str]] = (),
+    timeout_s: float = 30.0,
+) -> list[dict[str, Any]]:
+    """Call a unary or server-streaming RPC with a proto-JSON request; the responses as
+    proto-JSON. What `medmesh call` runs (a grpcurl for the contract, with no extra tool)."""
+    service, _, name = method_path.strip("/").rpartition("/")
+    method = next((m for m in image.methods(service) if m.name == name), None)
+    if method is None:
+        raise KeyError(f"{method_path} is not in the contract")
+    if method.client_streaming:
+        raise ValueError(f"{method_path} is client-streaming; use a gRPC client library")
+    request = method.request_type.from_dict(dict(request_json))
+    async with grpc.aio.insecure_channel(address) as channel:
+        callable_ = _multicallable(channel, method)
+        if method.server_streaming:
+            return [
+                response.to_dict()
+                async for response in callable_(request, metadata=metadata, timeout=timeout_s)
+            ]
+        response = await callable_(request, metadata=metadata, timeout=timeout_s)
+        return [response.to_dict()]

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import psycopg
@@ -29,10 +28,14 @@ SERVICES = {
 }
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], list[str]]]:
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], list[str]]]:
     """`medmesh up` in a fresh data dir with no MEDMESH_* URL set, once it says it is ready:
-    the process, the --status-file JSON and the lines it printed."""
+    the process, the --status-file JSON and the lines it printed. Shared by this module's
+    tests; the Ctrl-C test runs last."""
+    tmp_path = tmp_path_factory.mktemp("up")
     env = {k: v for k, v in os.environ.items() if k not in DEPENDENCY_ENV.values()}
     status_file = tmp_path / "status.json"
     process = subprocess.Popen(
@@ -70,6 +73,38 @@ def _printed_url(printed: list[str], name: str) -> str:
     return next(line for line in printed if line.startswith(f"{name} ")).split(" ", 1)[1]
 
 
+def test_up_migrates_every_schema_before_serving(stack) -> None:
+    _process, _status, printed = stack
+    with psycopg.connect(_printed_url(printed, "postgres")) as conn:
+        for schema in [*SERVICES, "audit"]:
+            applied = conn.execute(f"SELECT count(*) FROM {schema}._yoyo_migration").fetchone()
+            assert applied is not None
+            assert applied[0] >= 1, schema
+
+
+@pytest.mark.parametrize(
+    ("service", "method"),
+    [
+        ("ingest", "medmesh.ingest.v1.IngestService/ListStudies"),
+        ("infer", "medmesh.infer.v1.InferenceService/ListDeadLetters"),
+        ("report", "medmesh.report.v1.ReportService/ListReports"),
+    ],
+)
+def test_every_service_started_by_up_refuses_a_call_without_a_token(
+    stack, service: str, method: str
+) -> None:
+    _process, status, _printed = stack
+    result = subprocess.run(
+        [sys.executable, "-m", "medmesh.cli", "call", status[service], method, "{}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "ERROR: UNAUTHENTICATED: a valid access token is required" in result.stderr
+
+
 def test_up_serves_every_service_with_health_and_reflection_and_stops_on_ctrl_c(stack) -> None:
     process, status, printed = stack
     assert set(status) == set(SERVICES)
@@ -89,14 +124,3 @@ def test_up_serves_every_service_with_health_and_reflection_and_stops_on_ctrl_c(
         psycopg.connect(_printed_url(printed, "postgres"), connect_timeout=2)
     with pytest.raises(grpc.RpcError), grpc.insecure_channel(status["auth"]) as channel:
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-
-
-def test_up_migrates_every_schema_before_serving(stack) -> None:
-    _process, _status, printed = stack
-    with psycopg.connect(_printed_url(printed, "postgres")) as conn:
-        for schema in [*SERVICES, "audit"]:
-            applied = conn.execute(
-                f"SELECT count(*) FROM {schema}._yoyo_migration"
-            ).fetchone()
-            assert applied is not None
-            assert applied[0] >= 1, schema
