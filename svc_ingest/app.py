@@ -1,20 +1,68 @@
-"""Wiring: open svc_ingest's dependencies on the exit stack and build its servicers."""
+"""Wiring: open svc_ingest's dependencies on the exit stack and build its servicers.
+
+Order on the stack (closed in reverse): database, S3, JetStream, then the outbox relay, the
+status consumer and the WatchStudy fan-out, so background work stops before the connections
+it uses close.
+"""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+from medmesh.auth import TokenVerifier
+from medmesh.outbox import Outbox, OutboxRelay, RelayOptions
 from medmesh.resources import open_database, open_jetstream, open_object_store
 from medmesh.runtime import ServiceParts
 from medmesh.settings import Settings
-from svc_ingest.service import IngestServicer
+from svc_ingest.config import IngestConfig
+from svc_ingest.events import StatusConsumer, StatusHub
+from svc_ingest.service import INGEST_RULES, INGEST_SERVICE, IngestServicer
+from svc_ingest.status import StudyEvents
+from svc_ingest.studies import Studies
+from svc_ingest.uploads import Uploads
 
-INGEST_SERVICE = "medmesh.ingest.v1.IngestService"
+__all__ = ["INGEST_SERVICE", "build", "setup"]
+
+
+async def build(
+    settings: Settings,
+    stack: AsyncExitStack,
+    *,
+    config: IngestConfig | None = None,
+    verifier: TokenVerifier | None = None,
+    relay_options: RelayOptions | None = None,
+) -> ServiceParts:
+    """The service with explicit config (tests pass theirs; `setup` reads the environment)."""
+    config = config or IngestConfig.from_extra(settings.extra)
+    database = await open_database(settings, stack)
+    objects = await open_object_store(settings, stack)
+    jetstream = await open_jetstream(settings, stack)
+    outbox = Outbox("ingest")
+    events = StudyEvents(outbox, jetstream.topology)
+    hub = StatusHub()
+    await hub.start(jetstream.js, events.status_subject, stack)
+    await StatusConsumer(database, jetstream.js, events).start(stack)
+    await OutboxRelay.start(
+        outbox,
+        database,
+        jetstream.js,
+        stack,
+        listen_url=settings.postgres_url,
+        on_published=events.on_jobs_published,
+        options=relay_options,
+    )
+    servicer = IngestServicer(
+        Studies(database, objects, hub),
+        Uploads(database, objects, outbox, events, config),
+        config,
+    )
+    return ServiceParts(
+        servicers={INGEST_SERVICE: servicer},
+        role_rules={INGEST_SERVICE: INGEST_RULES},
+        verifier=verifier,
+    )
 
 
 async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
     """PostgreSQL (studies, outbox), S3 (raw images) and JetStream (jobs, status events)."""
-    database = await open_database(settings, stack)
-    objects = await open_object_store(settings, stack)
-    jetstream = await open_jetstream(settings, stack)
-    return ServiceParts(servicers={INGEST_SERVICE: IngestServicer(database, objects, jetstream)})
+    return await build(settings, stack)

@@ -1,20 +1,190 @@
-"""The IngestService servicer: proto ↔ domain and nothing else.
-
-RPCs it does not define yet answer UNIMPLEMENTED through the bootstrap; they arrive with the
-svc_ingest issue (streamed validated upload, outbox → JetStream, WatchStudy).
-"""
+"""The IngestService servicer: proto ↔ domain and nothing else."""
 
 from __future__ import annotations
 
-from medmesh.db import Database
-from medmesh.objects import ObjectStore
-from medmesh.resources import JetStream
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gen.medmesh.ingest.v1 import (
+    CompleteUploadRequest,
+    CompleteUploadResponse,
+    CreateStudyRequest,
+    CreateStudyResponse,
+    CreateTextNoteRequest,
+    CreateTextNoteResponse,
+    CreateUploadUrlRequest,
+    CreateUploadUrlResponse,
+    DeleteStudyRequest,
+    DeleteStudyResponse,
+    GetFileRequest,
+    GetFileResponse,
+    GetStudyRequest,
+    GetStudyResponse,
+    ListStudiesRequest,
+    ListStudiesResponse,
+    UploadFileRequest,
+    UploadFileResponse,
+    WatchStudyRequest,
+    WatchStudyResponse,
+)
+from medmesh.errors import InvalidArgument
+from medmesh.identity import ANY_ROLE, WRITERS, RoleRules, current_identity
+from svc_ingest import messages
+from svc_ingest.config import IngestConfig
+from svc_ingest.status import now_utc
+from svc_ingest.studies import Studies, StudyView, parse_file_name, parse_study_name
+from svc_ingest.uploads import Uploads
+from svc_ingest.validation import check_declaration
+
+INGEST_SERVICE = "medmesh.ingest.v1.IngestService"
+
+# Viewers read; technicians and machine clients add files; deleting needs a clinician or admin.
+INGEST_RULES: RoleRules = {
+    "CreateStudy": WRITERS,
+    "GetStudy": ANY_ROLE,
+    "ListStudies": ANY_ROLE,
+    "DeleteStudy": frozenset({"admin", "clinician"}),
+    "UploadFile": WRITERS,
+    "CreateTextNote": WRITERS,
+    "CreateUploadUrl": WRITERS,
+    "CompleteUpload": WRITERS,
+    "GetFile": ANY_ROLE,
+    "WatchStudy": ANY_ROLE,
+}
+
+
+async def _chunks(
+    requests: AsyncIterator[UploadFileRequest], max_chunk: int
+) -> AsyncIterator[bytes]:
+    """The bytes of an UploadFile stream after its metadata message."""
+    async for message in requests:
+        if message.metadata is not None:
+            raise InvalidArgument.for_field("metadata", "must be sent once, as the first message")
+        chunk = message.chunk or b""
+        if len(chunk) > max_chunk:
+            raise InvalidArgument.for_field("chunk", f"is larger than {max_chunk} bytes")
+        if chunk:
+            yield chunk
 
 
 class IngestServicer:
     """medmesh.ingest.v1.IngestService."""
 
-    def __init__(self, database: Database, objects: ObjectStore, jetstream: JetStream) -> None:
-        self._database = database
-        self._objects = objects
-        self._jetstream = jetstream
+    def __init__(self, studies: Studies, uploads: Uploads, config: IngestConfig) -> None:
+        self._studies = studies
+        self._uploads = uploads
+        self._config = config
+
+    async def create_study(self, request: CreateStudyRequest, _context: Any) -> CreateStudyResponse:
+        view = await self._studies.create_study(
+            current_identity(), request.patient_ref, request.description
+        )
+        return CreateStudyResponse(study=messages.study(view))
+
+    async def get_study(self, request: GetStudyRequest, _context: Any) -> GetStudyResponse:
+        view = await self._studies.get_study(
+            current_identity(), parse_study_name(request.name, "name")
+        )
+        return GetStudyResponse(study=messages.study(view))
+
+    async def list_studies(self, request: ListStudiesRequest, _context: Any) -> ListStudiesResponse:
+        rows, token = await self._studies.list_studies(
+            current_identity(),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            patient_ref=request.patient_ref,
+            status=int(request.status),
+        )
+        return ListStudiesResponse(
+            studies=[messages.study(StudyView(r)) for r in rows], next_page_token=token
+        )
+
+    async def delete_study(self, request: DeleteStudyRequest, _context: Any) -> DeleteStudyResponse:
+        await self._studies.delete_study(current_identity(), parse_study_name(request.name, "name"))
+        return DeleteStudyResponse()
+
+    async def get_file(self, request: GetFileRequest, _context: Any) -> GetFileResponse:
+        study_id, file_id = parse_file_name(request.name, "name")
+        row = await self._studies.get_file(current_identity(), study_id, file_id)
+        return GetFileResponse(file=messages.study_file(row))
+
+    async def upload_file(
+        self, requests: AsyncIterator[UploadFileRequest], _context: Any
+    ) -> UploadFileResponse:
+        identity = current_identity()
+        iterator = aiter(requests)
+        first = await anext(iterator, None)
+        if first is None or first.metadata is None:
+            raise InvalidArgument.for_field(
+                "metadata",
+                "the first message must be the metadata" + (", not a chunk" if first else ""),
+            )
+        meta = first.metadata
+        study_id = parse_study_name(meta.parent, "metadata.parent")
+        declaration = check_declaration(
+            kind=meta.kind,
+            file_name=meta.file_name,
+            content_type=meta.content_type,
+            size_bytes=meta.size_bytes,
+            sha256=meta.sha256,
+            config=self._config,
+            prefix="metadata.",
+            stream_limit=self._config.max_stream_bytes,
+        )
+        accepted = await self._uploads.upload(
+            identity, study_id, declaration, _chunks(iterator, self._config.max_chunk_bytes)
+        )
+        return UploadFileResponse(
+            file=messages.study_file(accepted.file), deduplicated=accepted.deduplicated
+        )
+
+    async def create_text_note(
+        self, request: CreateTextNoteRequest, _context: Any
+    ) -> CreateTextNoteResponse:
+        accepted = await self._uploads.create_text_note(
+            current_identity(),
+            parse_study_name(request.parent, "parent"),
+            request.text,
+            request.file_name,
+        )
+        return CreateTextNoteResponse(
+            file=messages.study_file(accepted.file), deduplicated=accepted.deduplicated
+        )
+
+    async def create_upload_url(
+        self, request: CreateUploadUrlRequest, _context: Any
+    ) -> CreateUploadUrlResponse:
+        identity = current_identity()
+        study_id = parse_study_name(request.parent, "parent")
+        declaration = check_declaration(
+            kind=request.kind,
+            file_name=request.file_name,
+            content_type=request.content_type,
+            size_bytes=request.size_bytes,
+            sha256=request.sha256,
+            config=self._config,
+        )
+        started = now_utc()
+        upload = await self._uploads.create_upload_url(identity, study_id, declaration)
+        return CreateUploadUrlResponse(
+            url=upload.url,
+            required_headers={},
+            expire_time=started + upload.expires_in,
+            file=messages.study_file(upload.file),
+        )
+
+    async def complete_upload(
+        self, request: CompleteUploadRequest, _context: Any
+    ) -> CompleteUploadResponse:
+        study_id, file_id = parse_file_name(request.name, "name")
+        accepted = await self._uploads.complete_upload(current_identity(), study_id, file_id)
+        return CompleteUploadResponse(
+            file=messages.study_file(accepted.file), deduplicated=accepted.deduplicated
+        )
+
+    async def watch_study(
+        self, request: WatchStudyRequest, _context: Any
+    ) -> AsyncIterator[WatchStudyResponse]:
+        study_id = parse_study_name(request.name, "name")
+        async for update in self._studies.watch(current_identity(), study_id):
+            yield messages.watch_response(update)

@@ -1,0 +1,298 @@
+"""Streamed upload through svc_ingest vs a raw S3 PUT of the same bytes, and the service's
+memory while it streams.
+
+    python bench/bench_ingest_upload.py [--sizes 16,64] [--repeat 3]
+
+Starts embedded PostgreSQL, NATS and S3 (localbucket), runs svc_ingest as a subprocess (its
+RSS is sampled from /proc every 5 ms during each upload), then for each size:
+  floor  = one S3 PUT of the file's bytes with the minio SDK to the same endpoint;
+  stream = UploadFile over gRPC in 1 MiB chunks: validation, SHA-256, multipart to S3, rows,
+           outbox, until the response arrives.
+Prints best-of-N seconds, MiB/s, the ratio floor/stream (goal >= 0.8) and the peak RSS growth
+of the service over its idle RSS per file size (goal: flat, not growing with the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import grpc
+import jwt
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt.algorithms import OKPAlgorithm
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gen.medmesh.common.v1 import FileKind  # noqa: E402
+from gen.medmesh.ingest.v1 import (  # noqa: E402
+    CreateStudyRequest,
+    UploadFileMetadata,
+    UploadFileRequest,
+)
+from medmesh.client import AsyncStub  # noqa: E402
+from medmesh.contract import DescriptorImage  # noqa: E402
+from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies  # noqa: E402
+from medmesh.objects import ObjectStore  # noqa: E402
+
+MIB = 1024 * 1024
+SERVICE = "medmesh.ingest.v1.IngestService"
+PART = 8 * MIB  # svc_ingest's default MEDMESH_INGEST_PART_SIZE_BYTES
+
+
+def serve_child(jwks_path: str) -> None:
+    """Child process: svc_ingest as `python -m svc_ingest` runs it, verifying bench tokens."""
+    from medmesh.auth import StaticJwks, TokenVerifier
+    from medmesh.migrate import service_migrations
+    from medmesh.runtime import serve
+    from medmesh.settings import Settings
+    from medmesh.telemetry import configure_logging
+    from svc_ingest.app import build
+
+    settings = Settings.from_env(os.environ, service="ingest")
+    configure_logging("ingest", "warning")
+    verifier = TokenVerifier(
+        StaticJwks(json.loads(Path(jwks_path).read_text())), issuer="medmesh", audience="medmesh"
+    )
+
+    async def setup(settings: Settings, stack: AsyncExitStack) -> object:
+        return await build(settings, stack, verifier=verifier)
+
+    asyncio.run(serve(settings, setup, migrations=service_migrations("ingest")))
+
+
+def png_of_size(target: int, seed: int) -> bytes:
+    """A valid PNG of about `target` bytes (random pixels, no compression)."""
+    side = int((target / 3) ** 0.5)
+    pixels = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG", compress_level=0)
+    return out.getvalue()
+
+
+class RssSampler:
+    """Peak resident memory of a process, sampled from /proc while active."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def rss(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def __enter__(self) -> RssSampler:
+        self.peak = self.rss()
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self.rss())
+                time.sleep(0.005)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+
+def encode_upload(parent: str, data: bytes) -> list[bytes]:
+    """The UploadFile stream's messages, serialised before the clock starts: the client's
+    encoding runs on the client's machine in production, not on the service's."""
+    messages = [
+        bytes(
+            UploadFileRequest(
+                metadata=UploadFileMetadata(
+                    parent=parent,
+                    kind=FileKind.IMAGE_PNG,
+                    file_name="bench.png",
+                    content_type="image/png",
+                    size_bytes=len(data),
+                )
+            )
+        )
+    ]
+    view = memoryview(data)
+    for i in range(0, len(data), MIB):
+        chunk = view[i : i + MIB]
+        # Field 2 (bytes), length-delimited: tag 0x12, varint length, payload.
+        length, varint = len(chunk), bytearray()
+        while True:
+            byte, length = length & 0x7F, length >> 7
+            varint.append(byte | (0x80 if length else 0))
+            if not length:
+                break
+        messages.append(b"\x12" + bytes(varint) + bytes(chunk))
+    return messages
+
+
+async def stream_upload(channel: grpc.aio.Channel, metadata: tuple, encoded: list[bytes]) -> float:
+    upload = channel.stream_unary(
+        f"/{SERVICE}/UploadFile", request_serializer=None, response_deserializer=None
+    )
+
+    async def messages() -> AsyncIterator[bytes]:
+        for message in encoded:
+            yield message
+
+    started = time.perf_counter()
+    await upload(messages(), metadata=metadata)
+    return time.perf_counter() - started
+
+
+def raw_put(store: ObjectStore, data: bytes, key: str, part_size: int = 0) -> float:
+    """One PUT of the whole file (part_size 0), or a multipart upload with that part size."""
+    bucket = store.bucket("medical-images-raw")
+    started = time.perf_counter()
+    store.client.put_object(
+        bucket,
+        key,
+        io.BytesIO(data),
+        len(data),
+        part_size=part_size or len(data),
+        num_parallel_uploads=1,
+    )
+    return time.perf_counter() - started
+
+
+async def run(sizes: list[int], repeat: int) -> None:
+    key = Ed25519PrivateKey.generate()
+    jwk = {**OKPAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "bench", "alg": "EdDSA"}
+    now = int(time.time())
+    token = jwt.encode(
+        {
+            "iss": "medmesh",
+            "aud": "medmesh",
+            "sub": "bench",
+            "clinic": "bench-clinic",
+            "roles": ["technician"],
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "jti": "bench",
+        },
+        key,
+        algorithm="EdDSA",
+        headers={"kid": "bench"},
+    )
+    metadata = (("authorization", f"Bearer {token}"),)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedDependencies(Path(tmp) / "deps", {}, only=["postgres", "nats", "s3"]) as urls,
+    ):
+        jwks_path = Path(tmp) / "jwks.json"
+        jwks_path.write_text(json.dumps({"keys": [jwk]}))
+        store = ObjectStore(urls[DEPENDENCY_ENV["s3"]], bucket_prefix="bench-")
+        for size_mib in sizes:
+            # A fresh service per size: RSS never shrinks, so a shared process would carry the
+            # previous size's high-water mark into the next.
+            async with service_process(Path(tmp), urls, jwks_path) as (child, address):
+                await measure(child, address, metadata, store, size_mib, repeat)
+        store.close()
+
+
+@asynccontextmanager
+async def service_process(
+    tmp: Path, urls: dict[str, str], jwks_path: Path
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """svc_ingest as a child process, until the context exits (SIGTERM)."""
+    ready = tmp / f"ready-{time.monotonic_ns()}.json"
+    env = {
+        **os.environ,
+        **urls,
+        "MEDMESH_READY_FILE": str(ready),
+        "MEDMESH_METRICS_ADDR": "",
+        "MEDMESH_S3_BUCKET_PREFIX": "bench-",
+        "PYTHONPATH": str(REPO),
+    }
+    child = subprocess.Popen([sys.executable, __file__, "serve", str(jwks_path)], env=env)  # noqa: ASYNC220 - returns at once
+    try:
+        while not ready.exists():
+            if child.poll() is not None:
+                raise SystemExit("svc_ingest failed to start")
+            await asyncio.sleep(0.05)
+        yield child, json.loads(ready.read_text())["grpc"]
+    finally:
+        child.terminate()
+        child.wait(timeout=60)
+
+
+async def measure(
+    child: subprocess.Popen[bytes],
+    address: str,
+    metadata: tuple[tuple[str, str], ...],
+    store: ObjectStore,
+    size_mib: int,
+    repeat: int,
+) -> None:
+    """Best-of-`repeat` floor, multipart reference and streamed upload for one size."""
+    sampler = RssSampler(child.pid)
+    options = [("grpc.max_send_message_length", 4 * MIB)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        stub = AsyncStub(channel, SERVICE, DescriptorImage())
+        idle = sampler.rss()
+        floors, multiparts, streams, peaks = [], [], [], []
+        for attempt in range(repeat):
+            data = png_of_size(size_mib * MIB, seed=attempt + size_mib)
+            study = await stub.create_study(
+                CreateStudyRequest(patient_ref="bench"), metadata=metadata
+            )
+            floors.append(raw_put(store, data, f"floor/{size_mib}/{attempt}"))
+            multiparts.append(raw_put(store, data, f"mp/{size_mib}/{attempt}", part_size=PART))
+            encoded = encode_upload(study.study.name, data)
+            with sampler:
+                streams.append(await stream_upload(channel, metadata, encoded))
+            del encoded
+            peaks.append(sampler.peak)
+    size = len(data) / MIB
+    floor, stream, multipart = min(floors), min(streams), min(multiparts)
+    print(
+        f"{size:6.1f} MiB  raw S3 PUT (floor) {floor:6.3f} s {size / floor:7.1f} MiB/s"
+        f" | streamed UploadFile {stream:6.3f} s {size / stream:7.1f} MiB/s"
+        f" | ratio floor/stream {floor / stream:5.2f} (goal >= 0.80)"
+    )
+    print(
+        f"{'':13}raw S3 multipart, {PART // MIB} MiB parts {multipart:6.3f} s"
+        f" | ratio multipart/stream {multipart / stream:5.2f}"
+    )
+    print(
+        f"{'':13}service RSS idle {idle / MIB:6.1f} MiB, peak during uploads"
+        f" {max(peaks) / MIB:6.1f} MiB (+{(max(peaks) - idle) / MIB:5.1f} MiB)"
+    )
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "serve":
+        serve_child(sys.argv[2])
+        return
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="16,64", help="file sizes in MiB, comma-separated")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(run([int(s) for s in args.sizes.split(",")], args.repeat))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+# ruff: noqa: S608 - SQL text is built from constant column lists; values are always parameters
+"""SQL of svc_ingest: studies, their files (`medical_data`) and processed events.
+
+Every function takes the connection of the caller's transaction, and every read of a study or
+file filters by clinic: another clinic's rows are simply not found. Statuses and kinds are
+stored as their proto enum numbers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from medmesh.db import Connection
+
+Row = dict[str, Any]
+
+PENDING_UPLOAD = 1
+REJECTED = 7
+_DEAD_FILE_STATUSES = (PENDING_UPLOAD, REJECTED)
+
+_STUDY_COLUMNS = (
+    "study_id, clinic_id, patient_ref, description, status, failure_reason, creator,"
+    " create_time, update_time"
+)
+_FILE_COLUMNS = (
+    "file_id, study_id, clinic_id, kind, file_name, content_type, size_bytes, sha256,"
+    " object_key, status, image_width, image_height, failure_reason, job_id, result_id,"
+    " create_time, update_time"
+)
+
+
+async def _one(conn: Connection, query: str, params: Sequence[Any]) -> Row | None:
+    cur = await conn.execute(query, params)  # type: ignore[arg-type]  # static SQL text
+    return await cur.fetchone()
+
+
+async def _all(conn: Connection, query: str, params: Sequence[Any]) -> list[Row]:
+    cur = await conn.execute(query, params)  # type: ignore[arg-type]  # static SQL text
+    return await cur.fetchall()
+
+
+async def insert_study(
+    conn: Connection,
+    *,
+    study_id: uuid.UUID,
+    clinic_id: str,
+    patient_ref: str,
+    description: str,
+    status: int,
+    creator: str,
+    now: datetime,
+) -> Row:
+    """A new study; returns its row."""
+    row = await _one(
+        conn,
+        f"INSERT INTO ingest.studies ({_STUDY_COLUMNS})"
+        " VALUES (%s, %s, %s, %s, %s, '', %s, %s, %s)"
+        f" RETURNING {_STUDY_COLUMNS}",
+        (study_id, clinic_id, patient_ref, description, status, creator, now, now),
+    )
+    assert row is not None
+    return row
+
+
+async def get_study(
+    conn: Connection, clinic_id: str, study_id: uuid.UUID, *, for_update: bool = False
+) -> Row | None:
+    """The study if it exists in this clinic; `for_update` locks it (status changes)."""
+    lock = " FOR UPDATE" if for_update else ""
+    return await _one(
+        conn,
+        f"SELECT {_STUDY_COLUMNS} FROM ingest.studies WHERE study_id = %s AND clinic_id = %s{lock}",
+        (study_id, clinic_id),
+    )
+
+
+async def lock_study_by_id(conn: Connection, study_id: uuid.UUID) -> Row | None:
+    """The study by id alone, locked: for events whose clinic is checked against the row."""
+    return await _one(
+        conn,
+        f"SELECT {_STUDY_COLUMNS} FROM ingest.studies WHERE study_id = %s FOR UPDATE",
+        (study_id,),
+    )
+
+
+async def list_studies(
+    conn: Connection,
+    *,
+    clinic_id: str,
+    patient_ref: str,
+    status: int,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Row]:
+    """A page of the clinic's studies, newest first, then by id (stable under inserts)."""
+    conditions = ["clinic_id = %s"]
+    params: list[Any] = [clinic_id]
+    if patient_ref:
+        conditions.append("patient_ref = %s")
+        params.append(patient_ref)
+    if status:
+        conditions.append("status = %s")
+        params.append(status)
+    if after is not None:
+        conditions.append("(create_time, study_id) < (%s, %s)")
+        params.extend(after)
+    params.append(limit)
+    return await _all(
+        conn,
+        f"SELECT {_STUDY_COLUMNS} FROM ingest.studies WHERE {' AND '.join(conditions)}"
+        " ORDER BY create_time DESC, study_id DESC LIMIT %s",
+        params,
+    )
+
+
+async def set_study_status(
+    conn: Connection, study_id: uuid.UUID, *, status: int, failure_reason: str, now: datetime
+) -> None:
+    """Record a study's new status (and touch update_time)."""
+    await conn.execute(
+        "UPDATE ingest.studies SET status = %s, failure_reason = %s, update_time = %s"
+        " WHERE study_id = %s",
+        (status, failure_reason, now, study_id),
+    )
+
+
+async def touch_study(conn: Connection, study_id: uuid.UUID, now: datetime) -> None:
+    """A file of the study changed."""
+    await conn.execute(
+        "UPDATE ingest.studies SET update_time = %s WHERE study_id = %s", (now, study_id)
+    )
+
+
+async def delete_study(conn: Connection, study_id: uuid.UUID) -> list[str]:
+    """Delete the study and its files; returns the object keys its files used."""
+    rows = await _all(
+        conn,
+        "DELETE FROM ingest.medical_data WHERE study_id = %s RETURNING object_key, status",
+        (study_id,),
+    )
+    await conn.execute("DELETE FROM ingest.studies WHERE study_id = %s", (study_id,))
+    return sorted({r["object_key"] for r in rows})
+
+
+async def referenced_objects(conn: Connection, keys: Sequence[str]) -> set[str]:
+    """Which of `keys` some remaining file still points at (shared by de-duplication)."""
+    rows = await _all(
+        conn,
+        "SELECT DISTINCT object_key FROM ingest.medical_data WHERE object_key = ANY(%s)",
+        (list(keys),),
+    )
+    return {r["object_key"] for r in rows}
+
+
+async def list_files(conn: Connection, study_id: uuid.UUID) -> list[Row]:
+    """The study's files, oldest first."""
+    return await _all(
+        conn,
+        f"SELECT {_FILE_COLUMNS} FROM ingest.medical_data WHERE study_id = %s"
+        " ORDER BY create_time, file_id",
+        (study_id,),
+    )
+
+
+async def get_file(
+    conn: Connection,
+    clinic_id: str,
+    study_id: uuid.UUID,
+    file_id: uuid.UUID,
+    *,
+    for_update: bool = False,
+) -> Row | None:
+    """One file of one of the clinic's studies."""
+    lock = " FOR UPDATE" if for_update else ""
+    return await _one(
+        conn,
+        f"SELECT {_FILE_COLUMNS} FROM ingest.medical_data"
+        f" WHERE file_id = %s AND study_id = %s AND clinic_id = %s{lock}",
+        (file_id, study_id, clinic_id),
+    )
+
+
+async def get_file_by_id(conn: Connection, file_id: uuid.UUID) -> Row | None:
+    """A file by id alone, locked (event handlers check its clinic against the event)."""
+    return await _one(
+        conn,
+        f"SELECT {_FILE_COLUMNS} FROM ingest.medical_data WHERE file_id = %s FOR UPDATE",
+        (file_id,),
+    )
+
+
+async def find_study_file_by_sha(conn: Connection, study_id: uuid.UUID, sha256: str) -> Row | None:
+    """The study's accepted file with these bytes, if any."""
+    return await _one(
+        conn,
+        f"SELECT {_FILE_COLUMNS} FROM ingest.medical_data"
+        " WHERE study_id = %s AND sha256 = %s AND status NOT IN (%s, %s)",
+        (study_id, sha256, *_DEAD_FILE_STATUSES),
+    )
+
+
+async def find_clinic_object_by_sha(conn: Connection, clinic_id: str, sha256: str) -> str | None:
+    """An object of the clinic holding these bytes, locked so a concurrent delete of the
+    study that owns it waits for us (or we see it gone)."""
+    row = await _one(
+        conn,
+        "SELECT object_key FROM ingest.medical_data"
+        " WHERE clinic_id = %s AND sha256 = %s AND status NOT IN (%s, %s)"
+        " ORDER BY create_time LIMIT 1 FOR UPDATE",
+        (clinic_id, sha256, *_DEAD_FILE_STATUSES),
+    )
+    return None if row is None else str(row["object_key"])
+
+
+async def insert_file(conn: Connection, values: Row) -> Row | None:
+    """A new file row; None when the study already holds these bytes (a concurrent upload
+    of the same file won the unique index)."""
+    columns = [c.strip() for c in _FILE_COLUMNS.split(",")]
+    return await _one(
+        conn,
+        f"INSERT INTO ingest.medical_data ({_FILE_COLUMNS})"
+        f" VALUES ({', '.join(['%s'] * len(columns))})"
+        " ON CONFLICT (study_id, sha256) WHERE status NOT IN (1, 7) DO NOTHING"
+        f" RETURNING {_FILE_COLUMNS}",
+        [values.get(c) for c in columns],
+    )
+
+
+async def update_file(conn: Connection, file_id: uuid.UUID, now: datetime, **changes: Any) -> Row:
+    """Set columns of one file (names come from code, never from requests)."""
+    assignments = ", ".join(f"{name} = %s" for name in changes)
+    row = await _one(
+        conn,
+        f"UPDATE ingest.medical_data SET {assignments}, update_time = %s WHERE file_id = %s"
+        f" RETURNING {_FILE_COLUMNS}",
+        [*changes.values(), now, file_id],
+    )
+    assert row is not None
+    return row
+
+
+async def delete_file(conn: Connection, file_id: uuid.UUID) -> None:
+    """Forget a file row (a pending upload that turned out to be a duplicate)."""
+    await conn.execute("DELETE FROM ingest.medical_data WHERE file_id = %s", (file_id,))
+
+
+async def file_statuses(conn: Connection, study_id: uuid.UUID) -> list[Row]:
+    """Status and result of each accepted file of the study."""
+    return await _all(
+        conn,
+        "SELECT file_id, status, result_id FROM ingest.medical_data"
+        " WHERE study_id = %s AND status NOT IN (%s, %s) ORDER BY create_time, file_id",
+        (study_id, *_DEAD_FILE_STATUSES),
+    )
+
+
+async def mark_event_processed(conn: Connection, event_id: str) -> bool:
+    """Record an event as applied; False when it was applied before (a redelivery)."""
+    row = await _one(
+        conn,
+        "INSERT INTO ingest.processed_events (event_id) VALUES (%s)"
+        " ON CONFLICT DO NOTHING RETURNING event_id",
+        (event_id,),
+    )
+    return row is not None

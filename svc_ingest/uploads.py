@@ -1,0 +1,388 @@
+"""Getting files into a study: streamed uploads, clinical notes, presigned uploads.
+
+The order of an upload is what makes "nothing is left behind" true:
+1. the declaration is checked and the study looked up (nothing written yet);
+2. the bytes stream through the validator into an S3 multipart upload (invisible until
+   completed); any refusal, error or hang-up aborts it;
+3. only after the last check the object is completed, and then one transaction writes the file
+   row, its inference job (outbox), the study's new status and its event (outbox), and the
+   audit record; if that transaction fails, the object is removed again.
+
+De-duplication: the same bytes in the same study return the existing file (no new row, no new
+job); the same bytes in another study of the clinic get their own file row pointing at the
+existing object, so the clinic stores one copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from gen.medmesh.common.v1 import FileKind
+from gen.medmesh.events.v1 import InferenceJob
+from gen.medmesh.ingest.v1 import FileStatus
+from medmesh.db import Connection, Database
+from medmesh.errors import DependencyUnavailable, FailedPrecondition, InvalidArgument, NotFound
+from medmesh.identity import Identity
+from medmesh.objects import RAW_IMAGES, ObjectStore
+from medmesh.outbox import Outbox
+from svc_ingest import store
+from svc_ingest.config import IngestConfig
+from svc_ingest.sink import StreamingObjectWriter
+from svc_ingest.status import CLOSED_STATUSES, StudyEvents, now_utc
+from svc_ingest.studies import audit, require_study
+from svc_ingest.validation import (
+    FileDeclaration,
+    FileValidator,
+    ValidatedFile,
+    check_declaration,
+)
+
+log = structlog.get_logger(__name__)
+_READ_PIECE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The outcome of an upload: the file, and whether it already existed in the study."""
+
+    file: store.Row
+    deduplicated: bool
+
+
+@dataclass(frozen=True)
+class PresignedUpload:
+    """Where to PUT the bytes of a pending file, until when."""
+
+    url: str
+    expires_in: timedelta
+    file: store.Row
+
+
+def object_key(clinic_id: str, study_id: uuid.UUID, file_id: uuid.UUID) -> str:
+    """Object keys hold ids only: never a patient or file name."""
+    return f"{clinic_id}/{study_id}/{file_id}"
+
+
+class Uploads:
+    """The upload operations of IngestService."""
+
+    def __init__(
+        self,
+        database: Database,
+        objects: ObjectStore,
+        outbox: Outbox,
+        events: StudyEvents,
+        config: IngestConfig,
+    ) -> None:
+        self._database = database
+        self._objects = objects
+        self._outbox = outbox
+        self._events = events
+        self._config = config
+
+    async def _open_study(
+        self, conn: Connection, identity: Identity, study_id: uuid.UUID
+    ) -> store.Row:
+        study = await require_study(conn, identity, study_id, for_update=True)
+        if study["status"] in CLOSED_STATUSES:
+            raise FailedPrecondition(f"studies/{study_id} takes no more files")
+        return study
+
+    async def _check_study(self, identity: Identity, study_id: uuid.UUID) -> None:
+        async with self._database.read_connection() as conn:
+            study = await require_study(conn, identity, study_id)
+        if study["status"] in CLOSED_STATUSES:
+            raise FailedPrecondition(f"studies/{study_id} takes no more files")
+
+    async def upload(
+        self,
+        identity: Identity,
+        study_id: uuid.UUID,
+        declaration: FileDeclaration,
+        chunks: AsyncIterator[bytes],
+    ) -> Accepted:
+        """Stream, validate and store one file (see the module docstring for the order)."""
+        await self._check_study(identity, study_id)
+        file_id = uuid.uuid4()
+        key = object_key(identity.clinic_id, study_id, file_id)
+        validator = FileValidator(
+            declaration, self._config, content_field="chunk", prefix="metadata."
+        )
+        writer = StreamingObjectWriter(
+            self._objects,
+            RAW_IMAGES,
+            key,
+            content_type=declaration.content_type,
+            part_size=self._config.part_size_bytes,
+        )
+        try:
+            async for chunk in chunks:
+                validator.feed(chunk)
+                await writer.write(chunk)
+            validated = validator.finish()
+            await writer.commit()
+        except BaseException:
+            await writer.abort()
+            raise
+        return await self._accept_stored_object(
+            identity, study_id, file_id, key, declaration, validated
+        )
+
+    async def create_text_note(
+        self, identity: Identity, study_id: uuid.UUID, text: str, file_name: str
+    ) -> Accepted:
+        """A clinical note: validated like any file, stored as UTF-8 text."""
+        data = text.encode()
+        if not text.strip():
+            raise InvalidArgument.for_field("text", "must not be empty")
+        if len(data) > self._config.max_text_bytes:
+            raise InvalidArgument.for_field(
+                "text", f"is larger than {self._config.max_text_bytes} bytes of UTF-8"
+            )
+        declaration = check_declaration(
+            kind=FileKind.TEXT_NOTE,
+            file_name=file_name or "note.txt",
+            content_type="text/plain; charset=utf-8",
+            size_bytes=len(data),
+            sha256="",
+            config=self._config,
+        )
+        validator = FileValidator(declaration, self._config, content_field="text")
+        validator.feed(data)
+        validated = validator.finish()
+        await self._check_study(identity, study_id)
+        file_id = uuid.uuid4()
+        key = object_key(identity.clinic_id, study_id, file_id)
+        await self._objects.put_bytes(RAW_IMAGES, key, data, content_type=declaration.content_type)
+        return await self._accept_stored_object(
+            identity, study_id, file_id, key, declaration, validated
+        )
+
+    async def _accept_stored_object(
+        self,
+        identity: Identity,
+        study_id: uuid.UUID,
+        file_id: uuid.UUID,
+        key: str,
+        declaration: FileDeclaration,
+        validated: ValidatedFile,
+        *,
+        pending: bool = False,
+    ) -> Accepted:
+        """Commit the rows for an object already in S3; remove the object when it turns out
+        redundant or the transaction fails."""
+        try:
+            async with self._database.transaction() as conn:
+                accepted, redundant = await self._commit_file(
+                    conn, identity, study_id, file_id, key, declaration, validated, pending=pending
+                )
+        except BaseException:
+            await asyncio.shield(self._remove_quietly(key))
+            raise
+        if redundant:
+            await self._remove_quietly(key)
+        return accepted
+
+    async def _commit_file(
+        self,
+        conn: Connection,
+        identity: Identity,
+        study_id: uuid.UUID,
+        file_id: uuid.UUID,
+        key: str,
+        declaration: FileDeclaration,
+        validated: ValidatedFile,
+        *,
+        pending: bool,
+    ) -> tuple[Accepted, bool]:
+        """The transaction of an accepted file; returns it and whether `key` is redundant."""
+        study = await self._open_study(conn, identity, study_id)
+        existing = await store.find_study_file_by_sha(conn, study_id, validated.sha256)
+        if existing is not None:
+            if pending:
+                await store.delete_file(conn, file_id)
+            await audit(
+                conn, identity, "study.file.deduplicate", study_id, file_id=str(existing["file_id"])
+            )
+            return Accepted(existing, deduplicated=True), True
+        shared_key = await store.find_clinic_object_by_sha(
+            conn, identity.clinic_id, validated.sha256
+        )
+        now = now_utc()
+        job_id = uuid.uuid4()
+        values: dict[str, Any] = {
+            "file_id": file_id,
+            "study_id": study_id,
+            "clinic_id": identity.clinic_id,
+            "kind": int(declaration.kind),
+            "file_name": declaration.file_name,
+            "content_type": declaration.content_type,
+            "size_bytes": validated.size_bytes,
+            "sha256": validated.sha256,
+            "object_key": shared_key or key,
+            "status": int(FileStatus.STORED),
+            "image_width": validated.dimensions.width if validated.dimensions else None,
+            "image_height": validated.dimensions.height if validated.dimensions else None,
+            "failure_reason": "",
+            "job_id": job_id,
+            "result_id": "",
+            "create_time": now,
+            "update_time": now,
+        }
+        if pending:
+            changes = {
+                k: values[k]
+                for k in (
+                    "sha256",
+                    "object_key",
+                    "status",
+                    "image_width",
+                    "image_height",
+                    "job_id",
+                    "size_bytes",
+                )
+            }
+            row: store.Row | None = await store.update_file(conn, file_id, now, **changes)
+        else:
+            row = await store.insert_file(conn, values)
+        if row is None:  # pragma: no cover - the study lock serialises same-study commits
+            raise FailedPrecondition("a concurrent upload stored the same file; retry")
+        topology = self._events.topology
+        subject = (
+            topology.infer_text_subject
+            if declaration.kind == FileKind.TEXT_NOTE
+            else topology.infer_image_subject
+        )
+        # Tells svc_infer how many results make the study complete (it announces that).
+        file_count = len(await store.file_statuses(conn, study_id))
+        job = InferenceJob(
+            job_id=str(job_id),
+            clinic_id=identity.clinic_id,
+            study_id=str(study_id),
+            file_id=str(file_id),
+            kind=declaration.kind,
+            bucket=self._objects.bucket(RAW_IMAGES),
+            object_key=row["object_key"],
+            content_type=declaration.content_type,
+            sha256=validated.sha256,
+            enqueue_time=now,
+            study_file_count=file_count,
+        )
+        await self._outbox.enqueue(conn, subject, job, msg_id=job_id)
+        await self._events.record_change(
+            conn, study, now, file_id=str(file_id), reason="file stored"
+        )
+        await audit(
+            conn,
+            identity,
+            "study.file.upload",
+            study_id,
+            file_id=str(file_id),
+            kind=declaration.kind.name,
+            sha256=validated.sha256,
+            size_bytes=validated.size_bytes,
+        )
+        return Accepted(row, deduplicated=False), shared_key is not None
+
+    async def _remove_quietly(self, key: str) -> None:
+        try:
+            await self._objects.remove(RAW_IMAGES, key)
+        except DependencyUnavailable as exc:
+            log.warning("object cleanup failed", key=key, error=str(exc))
+
+    async def create_upload_url(
+        self, identity: Identity, study_id: uuid.UUID, declaration: FileDeclaration
+    ) -> PresignedUpload:
+        """A pending file and a presigned PUT URL for its bytes."""
+        file_id = uuid.uuid4()
+        key = object_key(identity.clinic_id, study_id, file_id)
+        expires = timedelta(seconds=self._config.presign_expiry_s)
+        async with self._database.transaction() as conn:
+            await self._open_study(conn, identity, study_id)
+            now = now_utc()
+            row = await store.insert_file(
+                conn,
+                {
+                    "file_id": file_id,
+                    "study_id": study_id,
+                    "clinic_id": identity.clinic_id,
+                    "kind": int(declaration.kind),
+                    "file_name": declaration.file_name,
+                    "content_type": declaration.content_type,
+                    "size_bytes": declaration.size_bytes,
+                    "sha256": declaration.sha256,
+                    "object_key": key,
+                    "status": int(FileStatus.PENDING_UPLOAD),
+                    "failure_reason": "",
+                    "result_id": "",
+                    "create_time": now,
+                    "update_time": now,
+                },
+            )
+            assert row is not None
+            await audit(conn, identity, "study.file.announce", study_id, file_id=str(file_id))
+            url = await self._objects.presigned_put_url(RAW_IMAGES, key, expires=expires)
+        return PresignedUpload(url, expires, row)
+
+    async def complete_upload(
+        self, identity: Identity, study_id: uuid.UUID, file_id: uuid.UUID
+    ) -> Accepted:
+        """Validate the object a client PUT to its presigned URL; accept or reject it."""
+        async with self._database.read_connection() as conn:
+            row = await store.get_file(conn, identity.clinic_id, study_id, file_id)
+        if row is None:
+            raise NotFound(f"studies/{study_id}/files/{file_id} not found")
+        status = FileStatus(row["status"])
+        if status == FileStatus.REJECTED:
+            raise FailedPrecondition(f"the upload was rejected: {row['failure_reason']}")
+        if status != FileStatus.PENDING_UPLOAD:
+            return Accepted(row, deduplicated=False)  # completed before: idempotent
+        key = row["object_key"]
+        declaration = FileDeclaration(
+            FileKind(row["kind"]),
+            row["file_name"],
+            row["content_type"],
+            row["size_bytes"],
+            row["sha256"],
+        )
+        try:
+            validated = await self._validate_object(key, declaration)
+        except NotFound:
+            raise FailedPrecondition("no object was uploaded to the URL yet") from None
+        except InvalidArgument as exc:
+            await self._remove_quietly(key)
+            async with self._database.transaction() as conn:
+                await store.update_file(
+                    conn,
+                    file_id,
+                    now_utc(),
+                    status=int(FileStatus.REJECTED),
+                    failure_reason=exc.message,
+                )
+                await audit(conn, identity, "study.file.reject", study_id, file_id=str(file_id))
+            raise
+        return await self._accept_stored_object(
+            identity, study_id, file_id, key, declaration, validated, pending=True
+        )
+
+    async def _validate_object(self, key: str, declaration: FileDeclaration) -> ValidatedFile:
+        """Read the object back in pieces through the validator (bounded memory)."""
+        validator = FileValidator(declaration, self._config, content_field="name")
+        bucket = self._objects.bucket(RAW_IMAGES)
+        await self._objects.size(RAW_IMAGES, key)  # NotFound before any reading
+        response = await asyncio.to_thread(self._objects.client.get_object, bucket, key)
+        try:
+            pieces: Iterator[bytes] = response.stream(_READ_PIECE)
+            while piece := await asyncio.to_thread(next, pieces, b""):
+                validator.feed(piece)
+        finally:
+            response.close()
+            response.release_conn()
+        return validator.finish()
