@@ -273,6 +273,14 @@ class InferenceJob(betterproto2.Message):
     enqueue_time is when the job was written to the outbox.
     """
 
+    study_file_count: "int" = betterproto2.field(11, betterproto2.TYPE_INT32)
+    """
+    study_file_count is how many analysable files the study holds, this one included, when
+    the job is enqueued; 0 when the producer does not say. Inference announces
+    StudyResultsReady when that many files of the study (and every file it has seen a job
+    for) have results.
+    """
+
 
 default_message_pool.register_message("medmesh.events.v1", "InferenceJob", InferenceJob)
 
@@ -464,7 +472,8 @@ default_message_pool.register_message("medmesh.events.v1", "ResultReady", Result
 class StudyResultsReady(betterproto2.Message):
     """
     StudyResultsReady announces that every file of a study has a result; it triggers the
-    study's report. Published by ingest on `medmesh.events.study.results_ready`.
+    study's report. Published by infer on `medmesh.events.study.results_ready`, again (with
+    the longer result list) when files added later have results too.
     """
 
     event_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
