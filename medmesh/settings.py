@@ -61,6 +61,8 @@ class Settings:
     """MEDMESH_JWT_ISSUER: the `iss` claim access tokens must carry."""
     jwt_audience: str = "medmesh"
     """MEDMESH_JWT_AUDIENCE: the `aud` claim access tokens must carry."""
+    smtp_url: str = ""
+    """MEDMESH_SMTP_URL: `smtp://host:port` (`smtp+starttls://`, `smtps://`; user:pass@ allowed)."""
     otlp_endpoint: str = ""
     """MEDMESH_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT): OTLP/gRPC collector, e.g. Jaeger."""
     log_level: str = "info"
@@ -91,6 +93,7 @@ class Settings:
             auth_addr=environ.get("MEDMESH_AUTH_ADDR", ""),
             jwt_issuer=environ.get("MEDMESH_JWT_ISSUER", cls.jwt_issuer),
             jwt_audience=environ.get("MEDMESH_JWT_AUDIENCE", cls.jwt_audience),
+            smtp_url=environ.get("MEDMESH_SMTP_URL", ""),
             otlp_endpoint=environ.get(
                 "MEDMESH_OTLP_ENDPOINT", environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
             ),

@@ -1,0 +1,334 @@
+"""Self-service account flows: register, verify e-mail, log in, change and reset passwords.
+
+Registration joins an existing clinic with the least privilege, `viewer`; a clinic admin
+grants more (SetUserRoles). Clinics and their first admin come from the bootstrap
+(svc_auth.bootstrap), so nobody can create a clinic and crown themselves its admin.
+
+No user enumeration at login: an unknown e-mail and a wrong password give the same
+UNAUTHENTICATED and cost the same argon2 verification. Only a caller who knows the password
+learns that the address is unverified or disabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+import psycopg
+
+from medmesh.audit import Actor, record_audit_event
+from medmesh.db import Database
+from medmesh.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from medmesh.identity import VIEWER, Identity
+from svc_auth import mail, store
+from svc_auth.config import AuthConfig, Rate
+from svc_auth.passwords import (
+    MAX_EMAIL_LENGTH,
+    MAX_PASSWORD_LENGTH,
+    PasswordHashing,
+    clinic_id_violation,
+    display_name_violation,
+    email_violation,
+    normalize_email,
+    password_violation,
+)
+from svc_auth.ratelimit import RateLimiter
+from svc_auth.sessions import Sessions, TokenPair
+
+Row = dict[str, Any]
+ANONYMOUS = Actor("anonymous")
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """A signed-in user and their tokens."""
+
+    user: Row
+    tokens: TokenPair
+
+
+def _account_key(email: str) -> str:
+    # Rate-limit keys name the address by hash: Redis holds no e-mail addresses.
+    return hashlib.sha256(email.encode()).hexdigest()[:32]
+
+
+def _require_valid(violations: list[FieldViolation | None]) -> None:
+    found = [v for v in violations if v is not None]
+    if found:
+        raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in found), found)
+
+
+class Accounts:
+    """The account flows over PostgreSQL (users, tokens, outbox) and Redis (limits)."""
+
+    def __init__(
+        self,
+        database: Database,
+        hashing: PasswordHashing,
+        sessions: Sessions,
+        limiter: RateLimiter,
+        config: AuthConfig,
+        *,
+        mail_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._database = database
+        self._hashing = hashing
+        self._sessions = sessions
+        self._limiter = limiter
+        self._config = config
+        self._mail_queued = mail_queued
+
+    async def register(
+        self, *, email: str, password: str, display_name: str, clinic_id: str, client_ip: str
+    ) -> Row:
+        """Create an unverified `viewer` of the clinic and queue the verification mail."""
+        email = normalize_email(email)
+        _require_valid(
+            [
+                email_violation("email", email),
+                password_violation("password", password, email=email),
+                display_name_violation("display_name", display_name),
+                clinic_id_violation("clinic_id", clinic_id),
+            ]
+        )
+        await self._limit("mail-ip", client_ip, self._config.mail_requests_per_ip)
+        async with self._database.read_connection() as conn:
+            if not await store.clinic_exists(conn, clinic_id):
+                raise InvalidArgument.for_field("clinic_id", "is not a known clinic")
+        password_hash = await self._hashing.hash(password)
+        token = secrets.token_urlsafe(32)
+        try:
+            async with self._database.transaction() as conn:
+                user = await store.insert_user(
+                    conn,
+                    user_id=uuid.uuid4(),
+                    clinic_id=clinic_id,
+                    email=email,
+                    display_name=display_name.strip(),
+                    password_hash=password_hash,
+                    roles=[VIEWER],
+                )
+                await self._queue_token_mail(conn, user, token, "verify_email")
+                await record_audit_event(
+                    conn,
+                    clinic_id=clinic_id,
+                    actor=Actor(str(user["user_id"]), user["roles"]),
+                    action="auth.user.register",
+                    resource=f"users/{user['user_id']}",
+                    detail={"client_ip": client_ip},
+                )
+        except psycopg.errors.UniqueViolation:
+            raise AlreadyExists("the e-mail address is already registered") from None
+        self._mail_queued()
+        return user
+
+    async def verify_email(self, token: str) -> Row:
+        """Mark the token's user verified; the token works once."""
+        if not token:
+            raise InvalidArgument.for_field("token", "is required")
+        async with self._database.transaction() as conn:
+            user_id = await store.consume_email_token(conn, token, "verify_email")
+            if user_id is None:
+                raise FailedPrecondition("the verification token is unknown, expired or used")
+            await store.touch_user(conn, user_id, email_verified=True)
+            user = await store.user_by_id(conn, user_id)
+            assert user is not None
+            await record_audit_event(
+                conn,
+                clinic_id=user["clinic_id"],
+                actor=Actor(str(user_id), user["roles"]),
+                action="auth.user.verify_email",
+                resource=f"users/{user_id}",
+            )
+        return user
+
+    async def login(self, *, email: str, password: str, client_ip: str) -> LoginResult:
+        """Check the password (throttled per account and per IP) and start a session."""
+        email = normalize_email(email)
+        _require_valid(
+            [
+                None if email else FieldViolation("email", "is required"),
+                None if password else FieldViolation("password", "is required"),
+            ]
+        )
+        account = _account_key(email)
+        await self._refuse_if_throttled(account, client_ip)
+        user = None
+        if len(email) <= MAX_EMAIL_LENGTH and len(password) <= MAX_PASSWORD_LENGTH:
+            async with self._database.read_connection() as conn:
+                user = await store.user_by_email(conn, email)
+        if not await self._hashing.verify(user["password_hash"] if user else None, password):
+            await self._record_failed_login(account, client_ip, user)
+            raise Unauthenticated("wrong e-mail or password")
+        assert user is not None
+        await self._limiter.reset("login-account", account)
+        if not user["email_verified"]:
+            raise FailedPrecondition("the e-mail address is not verified yet")
+        if user["disabled"]:
+            raise PermissionDenied("the user is disabled")
+        new_hash = None
+        if self._hashing.needs_rehash(user["password_hash"]):
+            new_hash = await self._hashing.hash(password)
+        async with self._database.transaction() as conn:
+            if new_hash:
+                await store.touch_user(conn, user["user_id"], password_hash=new_hash)
+            tokens = await self._sessions.start(conn, user)
+            await record_audit_event(
+                conn,
+                clinic_id=user["clinic_id"],
+                actor=Actor(str(user["user_id"]), user["roles"]),
+                action="auth.login",
+                resource=f"users/{user['user_id']}",
+                detail={"client_ip": client_ip, "jti": tokens.access.jti},
+            )
+        return LoginResult(user, tokens)
+
+    async def get_me(self, caller: Identity) -> Row:
+        """The caller's own user."""
+        async with self._database.read_connection() as conn:
+            user = await store.user_by_id(conn, caller.user_id, clinic_id=caller.clinic_id)
+        if user is None:
+            raise NotFound("the user does not exist")
+        return user
+
+    async def change_password(self, caller: Identity, current: str, new: str) -> None:
+        """Replace the caller's password and end all their sessions."""
+        user = await self.get_me(caller)
+        _require_valid([password_violation("new_password", new, email=user["email"])])
+        account = _account_key(user["email"])
+        await self._refuse_if_throttled(account, "")
+        if not await self._hashing.verify(user["password_hash"], current[:MAX_PASSWORD_LENGTH]):
+            await self._limiter.hit("login-account", account, self._failure_rate)
+            raise Unauthenticated("current_password is wrong")
+        new_hash = await self._hashing.hash(new)
+        async with self._database.transaction() as conn:
+            await store.touch_user(conn, user["user_id"], password_hash=new_hash)
+            revoked = await store.revoke_user_refresh_tokens(conn, user["user_id"], "password")
+            await record_audit_event(
+                conn,
+                clinic_id=user["clinic_id"],
+                actor=Actor(caller.user_id, sorted(caller.roles)),
+                action="auth.user.change_password",
+                resource=f"users/{user['user_id']}",
+                detail={"revoked_refresh_tokens": revoked},
+            )
+
+    async def request_password_reset(self, *, email: str, client_ip: str) -> None:
+        """Mail a reset token when the address belongs to an enabled user; silent otherwise."""
+        email = normalize_email(email)
+        _require_valid([email_violation("email", email)])
+        await self._limit("mail-ip", client_ip, self._config.mail_requests_per_ip)
+        await self._limit(
+            "mail-address", _account_key(email), self._config.mail_requests_per_address
+        )
+        async with self._database.transaction() as conn:
+            user = await store.user_by_email(conn, email)
+            if user is None or user["disabled"]:
+                return
+            await self._queue_token_mail(conn, user, secrets.token_urlsafe(32), "password_reset")
+            await record_audit_event(
+                conn,
+                clinic_id=user["clinic_id"],
+                actor=ANONYMOUS,
+                action="auth.user.request_password_reset",
+                resource=f"users/{user['user_id']}",
+                detail={"client_ip": client_ip},
+            )
+        self._mail_queued()
+
+    async def reset_password(self, *, token: str, new_password: str) -> None:
+        """Set a new password with a reset token (once) and end all the user's sessions."""
+        _require_valid(
+            [
+                None if token else FieldViolation("token", "is required"),
+                password_violation("new_password", new_password),
+            ]
+        )
+        new_hash = await self._hashing.hash(new_password)
+        async with self._database.transaction() as conn:
+            user_id = await store.consume_email_token(conn, token, "reset_password")
+            if user_id is None:
+                raise FailedPrecondition("the reset token is unknown, expired or used")
+            user = await store.user_by_id(conn, user_id)
+            assert user is not None
+            # Rolls the whole transaction back, so the token stays usable.
+            _require_valid([password_violation("new_password", new_password, email=user["email"])])
+            # Following the mailed link proves the address, as verification would.
+            await store.touch_user(conn, user_id, password_hash=new_hash, email_verified=True)
+            revoked = await store.revoke_user_refresh_tokens(conn, user_id, "password_reset")
+            await record_audit_event(
+                conn,
+                clinic_id=user["clinic_id"],
+                actor=Actor(str(user_id), user["roles"]),
+                action="auth.user.reset_password",
+                resource=f"users/{user_id}",
+                detail={"revoked_refresh_tokens": revoked},
+            )
+
+    # --- helpers ---------------------------------------------------------------------
+
+    @property
+    def _failure_rate(self) -> Rate:
+        return self._config.login_failures_per_account
+
+    async def _limit(self, bucket: str, subject: str, rate: Rate) -> None:
+        verdict = await self._limiter.hit(bucket, subject, rate)
+        if not verdict.allowed:
+            raise ResourceExhausted("too many requests; try again later", verdict.retry_after_s)
+
+    async def _refuse_if_throttled(self, account: str, client_ip: str) -> None:
+        checks = [("login-account", account, self._failure_rate)]
+        if client_ip:
+            checks.append(("login-ip", client_ip, self._config.login_failures_per_ip))
+        waits = [
+            verdict.retry_after_s
+            for bucket, subject, rate in checks
+            if not (verdict := await self._limiter.peek(bucket, subject, rate)).allowed
+        ]
+        if waits:
+            raise ResourceExhausted("too many failed sign-ins; try again later", max(waits))
+
+    async def _record_failed_login(self, account: str, client_ip: str, user: Row | None) -> None:
+        await self._limiter.hit("login-account", account, self._failure_rate)
+        if client_ip:
+            await self._limiter.hit("login-ip", client_ip, self._config.login_failures_per_ip)
+        async with self._database.transaction() as conn:
+            await record_audit_event(
+                conn,
+                clinic_id=user["clinic_id"] if user else "",
+                actor=ANONYMOUS,
+                action="auth.login_failed",
+                resource=f"users/{user['user_id']}" if user else "users/unknown",
+                detail={"client_ip": client_ip, "account": account},
+            )
+
+    async def _queue_token_mail(
+        self, conn: psycopg.AsyncConnection[Any], user: Row, token: str, template: str
+    ) -> None:
+        purpose, ttl_s, page = {
+            "verify_email": ("verify_email", self._config.verify_ttl_s, "verify-email"),
+            "password_reset": ("reset_password", self._config.reset_ttl_s, "reset-password"),
+        }[template]
+        expires_at = await store.insert_email_token(conn, token, user["user_id"], purpose, ttl_s)
+        context = {
+            "display_name": user["display_name"],
+            "clinic_id": user["clinic_id"],
+            "token": token,
+            "link": f"{self._config.public_url}/{page}?token={token}",
+            "expires_at": expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+        await mail.enqueue(conn, mail.render(template, user["email"], context))
