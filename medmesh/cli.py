@@ -19,6 +19,7 @@ from medmesh.contract import DescriptorImage
 from medmesh.launcher import EmbeddedDependencies
 from medmesh.migrate import migrate_all
 from medmesh.supervisor import default_data_dir, up
+from svc_infer.models import command as model_commands
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("method", help="e.g. medmesh.auth.v1.AuthService/GetJwks")
     call.add_argument("request", nargs="?", default="{}", help="proto-JSON request body")
     call.add_argument("--token", help="access token, sent as `authorization: Bearer TOKEN`")
+
+    models = commands.add_parser("models", help="build the models (TF Serving layout)")
+    models_actions = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    build = models_actions.add_parser(
+        "build", help="build resnet50 and minilm into DATA/models, optionally upload them"
+    )
+    build.add_argument("--data-dir", type=Path, help="where embedded data lives (default .data)")
+    model_commands.add_build_arguments(build)
 
     gen = commands.add_parser("gen", help="regenerate gen/ from proto/ (buf, local plugins)")
     gen.add_argument("--check", action="store_true", help="fail if gen/ is stale; write nothing")
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "call":
         return _call(args.address, args.method, args.request, args.token)
+    if args.command == "models":
+        return model_commands.build_command(args, data_dir, os.environ)  # imports TensorFlow
     return codegen.generate(check=args.check)
 
 
