@@ -46,7 +46,9 @@ class ServiceProcess:
     addresses: Mapping[str, str] | None = None
 
 
-def _spawn(name: str, env: Mapping[str, str], run_dir: Path, log_dir: Path) -> ServiceProcess:
+def _spawn(
+    name: str, env: Mapping[str, str], run_dir: Path, log_dir: Path, module: str = ""
+) -> ServiceProcess:
     ready_file = run_dir / f"{name}.json"
     ready_file.unlink(missing_ok=True)
     log_file = log_dir / f"{name}.log"
@@ -55,7 +57,7 @@ def _spawn(name: str, env: Mapping[str, str], run_dir: Path, log_dir: Path) -> S
     child_env.pop("MEDMESH_GRPC_ADDR_" + name.upper(), None)
     with log_file.open("ab") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", f"svc_{name}"],
+            [sys.executable, "-m", module or f"svc_{name}"],
             env=child_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -118,20 +120,44 @@ def running_services(
         _stop(services, grace_s=float(env.get("MEDMESH_GRACE_PERIOD_S", "10")))
 
 
+@contextmanager
+def running_edge(
+    env: Mapping[str, str], data_dir: Path, services: list[ServiceProcess]
+) -> Iterator[ServiceProcess]:
+    """Start the embedded edge (REST, gRPC-Web, ext_authz) in front of the running services
+    and yield it once it listens. Entered after the services, so it stops before them."""
+    upstreams = {
+        f"MEDMESH_{s.name.upper()}_ADDR": (s.addresses or {}).get("grpc", "") for s in services
+    }
+    edge = _spawn("edge", {**env, **upstreams}, data_dir / "run", data_dir / "logs", "medmesh.edge")
+    try:
+        _wait_ready([edge], READY_TIMEOUT_S)
+        yield edge
+    finally:
+        _stop([edge], grace_s=float(env.get("MEDMESH_GRACE_PERIOD_S", "10")))
+
+
 def status_lines(dependencies: Mapping[str, str], services: list[ServiceProcess]) -> list[str]:
     """`auth grpc 127.0.0.1:PORT` lines: what `medmesh up` prints once everything is ready."""
     lines = [f"{name} {url}" for name, url in dependencies.items()]
     for service in services:
         addresses = service.addresses or {}
-        lines.append(f"{service.name} grpc {addresses.get('grpc', '')}")
+        if "http" in addresses:  # the edge
+            lines.append(f"{service.name} {addresses['http']}")
+        else:
+            lines.append(f"{service.name} grpc {addresses.get('grpc', '')}")
         if addresses.get("metrics"):
             lines.append(f"{service.name} metrics http://{addresses['metrics']}/metrics")
     return lines
 
 
 def status_document(services: list[ServiceProcess]) -> dict[str, str]:
-    """`{"auth": "127.0.0.1:PORT", ...}`: the JSON written by `--status-file`."""
-    return {s.name: (s.addresses or {}).get("grpc", "") for s in services}
+    """`{"auth": "127.0.0.1:PORT", ..., "edge": "http://127.0.0.1:PORT"}`: the JSON written
+    by `--status-file`."""
+    return {
+        s.name: (s.addresses or {}).get("http") or (s.addresses or {}).get("grpc", "")
+        for s in services
+    }
 
 
 def _wait_for_signal() -> None:
@@ -158,14 +184,15 @@ def up(data_dir: Path, status_file: Path | None, environ: Mapping[str, str]) -> 
         migrate_all(env)
         try:
             services = stack.enter_context(running_services(env, data_dir))
+            edge = stack.enter_context(running_edge(env, data_dir, services))
         except StartupError as exc:
             print(f"medmesh up: {exc}", file=sys.stderr)
             return 1
         dependencies = {name: urls[var] for name, var in DEPENDENCY_ENV.items()}
-        for line in status_lines(dependencies, services):
+        for line in status_lines(dependencies, [*services, edge]):
             print(line, flush=True)
         if status_file:
-            status_file.write_text(json.dumps(status_document(services), indent=2))
+            status_file.write_text(json.dumps(status_document([*services, edge]), indent=2))
         print(f"logs in {data_dir / 'logs'}; Ctrl-C stops everything", flush=True)
         _wait_for_signal()
     return 0

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -105,9 +106,20 @@ def test_every_service_started_by_up_refuses_a_call_without_a_token(
     assert "ERROR: UNAUTHENTICATED: a valid access token is required" in result.stderr
 
 
+def test_up_serves_the_edge_in_front_of_the_services(stack) -> None:
+    _process, status, printed = stack
+    assert f"edge {status['edge']}" in printed
+    with urllib.request.urlopen(f"{status['edge']}/healthz", timeout=10) as response:
+        assert json.loads(response.read()) == {"status": "SERVING"}
+    # Through the edge to svc_auth's GetJwks: REST transcoding against the real service.
+    with urllib.request.urlopen(f"{status['edge']}/.well-known/jwks.json", timeout=10) as reply:
+        assert reply.headers["content-type"] == "application/json"
+        assert isinstance(json.loads(reply.read())["keys"], list)
+
+
 def test_up_serves_every_service_with_health_and_reflection_and_stops_on_ctrl_c(stack) -> None:
     process, status, printed = stack
-    assert set(status) == set(SERVICES)
+    assert set(status) == {*SERVICES, "edge"}
     for name, services in SERVICES.items():
         assert f"{name} grpc {status[name]}" in printed
         with grpc.insecure_channel(status[name]) as channel:
