@@ -1,0 +1,67 @@
+# syntax=docker/dockerfile:1
+# One image for every medmesh process; the command picks which one runs:
+#   python -m svc_auth | svc_ingest | svc_infer | svc_report   (gRPC :50051, metrics :9100)
+#   python -m medmesh.edge                                     (the embedded HTTP gateway)
+#   python -m svc_infer.model_server --model-base /models --host 0.0.0.0 --port 8500
+#   medmesh models build --base-dir /models                    (one-shot model export)
+#   medmesh migrate                                            (one-shot schema migrations)
+#   python -m medmesh.healthcheck 127.0.0.1:50051              (container healthcheck)
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- build: resolve and install every dependency into a self-contained virtualenv ---------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/medmesh
+ENV PATH=/opt/medmesh/bin:$PATH
+WORKDIR /src
+# Dependencies first, from pyproject alone, so a code change does not reinstall TensorFlow:
+# an empty skeleton of the packages lets `pip install .` resolve them, then the real tree
+# replaces it.
+COPY pyproject.toml README.md ./
+RUN mkdir -p medmesh gen svc_auth svc_ingest svc_infer svc_report \
+ && for p in medmesh gen svc_auth svc_ingest svc_infer svc_report; do touch "$p/__init__.py"; done \
+ && pip install --upgrade pip \
+ && pip install . \
+ && pip uninstall -y medmesh \
+ && rm -rf medmesh gen svc_auth svc_ingest svc_infer svc_report build medmesh.egg-info
+COPY medmesh ./medmesh
+COPY gen ./gen
+COPY svc_auth ./svc_auth
+COPY svc_ingest ./svc_ingest
+COPY svc_infer ./svc_infer
+COPY svc_report ./svc_report
+# --no-deps: everything is installed above; a changed pin fails `pip check` below instead of
+# silently pulling something in.
+RUN pip install --no-deps . && pip check
+
+# --- runtime: the virtualenv, a non-root user, nothing else ------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="medmesh" \
+      org.opencontainers.image.description="medmesh services, edge and local model server"
+ENV PATH=/opt/medmesh/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/home/medmesh \
+    MEDMESH_GRPC_ADDR=0.0.0.0:50051 \
+    MEDMESH_METRICS_ADDR=0.0.0.0:9100 \
+    TF_CPP_MIN_LOG_LEVEL=2
+# A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it without a name lookup.
+RUN groupadd --system --gid 10001 medmesh \
+ && useradd --system --uid 10001 --gid medmesh --home-dir /home/medmesh --create-home \
+        --shell /usr/sbin/nologin medmesh \
+ && mkdir -p /models \
+ && chown medmesh:medmesh /models
+COPY --from=build /opt/medmesh /opt/medmesh
+USER 10001:10001
+WORKDIR /home/medmesh
+EXPOSE 50051 9100
+# The gRPC health check of a service on its default port; the edge, the model server and the
+# one-shot commands override it (compose) or are probed natively (Kubernetes).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "medmesh.healthcheck", "127.0.0.1:50051"]
+# No ENTRYPOINT: the command is the process (`python -m svc_ingest`), PID 1, and it handles
+# SIGTERM itself (NOT_SERVING, drain for MEDMESH_GRACE_PERIOD_S, close).
+CMD ["medmesh", "--help"]
