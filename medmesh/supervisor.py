@@ -22,6 +22,7 @@ from types import FrameType
 
 import structlog
 
+from medmesh.devstack import build_models, local_secrets, mail_sink
 from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies
 from medmesh.migrate import migrate_all
 from medmesh.settings import SERVICES
@@ -29,6 +30,7 @@ from medmesh.settings import SERVICES
 _log = structlog.get_logger("medmesh.up")
 
 READY_TIMEOUT_S = 60.0
+MODEL_SERVER_READY_TIMEOUT_S = 180.0
 
 
 class StartupError(RuntimeError):
@@ -47,7 +49,12 @@ class ServiceProcess:
 
 
 def _spawn(
-    name: str, env: Mapping[str, str], run_dir: Path, log_dir: Path, module: str = ""
+    name: str,
+    env: Mapping[str, str],
+    run_dir: Path,
+    log_dir: Path,
+    module: str = "",
+    arguments: tuple[str, ...] = (),
 ) -> ServiceProcess:
     ready_file = run_dir / f"{name}.json"
     ready_file.unlink(missing_ok=True)
@@ -57,7 +64,7 @@ def _spawn(
     child_env.pop("MEDMESH_GRPC_ADDR_" + name.upper(), None)
     with log_file.open("ab") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", module or f"svc_{name}"],
+            [sys.executable, "-m", module or f"svc_{name}", *arguments],
             env=child_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -137,6 +144,37 @@ def running_edge(
         _stop([edge], grace_s=float(env.get("MEDMESH_GRACE_PERIOD_S", "10")))
 
 
+@contextmanager
+def running_model_server(env: dict[str, str], data_dir: Path) -> Iterator[ServiceProcess | None]:
+    """Without MEDMESH_INFER_TF_SERVING_ADDR: build the models and serve them with the
+    project's TF Serving-compatible server, and point svc_infer at it."""
+    if env.get("MEDMESH_INFER_TF_SERVING_ADDR"):
+        yield None
+        return
+    base_dir = build_models(env, data_dir)
+    run_dir = data_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    arguments = (
+        "--model-base",
+        str(base_dir),
+        "--version-policy",
+        "all",
+        "--port",
+        "0",
+        "--ready-file",
+        str(run_dir / "model-server.json"),
+    )
+    server = _spawn(
+        "model-server", env, run_dir, data_dir / "logs", "svc_infer.model_server", arguments
+    )
+    try:
+        _wait_ready([server], MODEL_SERVER_READY_TIMEOUT_S)
+        env["MEDMESH_INFER_TF_SERVING_ADDR"] = (server.addresses or {})["grpc"]
+        yield server
+    finally:
+        _stop([server], grace_s=5)
+
+
 def status_lines(dependencies: Mapping[str, str], services: list[ServiceProcess]) -> list[str]:
     """`auth grpc 127.0.0.1:PORT` lines: what `medmesh up` prints once everything is ready."""
     lines = [f"{name} {url}" for name, url in dependencies.items()]
@@ -181,19 +219,34 @@ def up(data_dir: Path, status_file: Path | None, environ: Mapping[str, str]) -> 
     with ExitStack() as stack:
         urls = stack.enter_context(EmbeddedDependencies(data_dir, environ))
         env = {**environ, **urls}
+        smtp_url = stack.enter_context(mail_sink(env, data_dir))
+        admin = local_secrets(env, data_dir)
         migrate_all(env)
         try:
+            model_server = stack.enter_context(running_model_server(env, data_dir))
             services = stack.enter_context(running_services(env, data_dir))
             edge = stack.enter_context(running_edge(env, data_dir, services))
-        except StartupError as exc:
+        except (StartupError, RuntimeError) as exc:
             print(f"medmesh up: {exc}", file=sys.stderr)
             return 1
         dependencies = {name: urls[var] for name, var in DEPENDENCY_ENV.items()}
+        dependencies["smtp"] = smtp_url
+        if model_server:
+            dependencies["tfserving"] = f"grpc {env['MEDMESH_INFER_TF_SERVING_ADDR']}"
         for line in status_lines(dependencies, [*services, edge]):
             print(line, flush=True)
+        if admin:
+            print(
+                f"admin {admin['email']} of {admin['clinic']} (password in "
+                f"{admin['password_file']})",
+                flush=True,
+            )
         if status_file:
             status_file.write_text(json.dumps(status_document([*services, edge]), indent=2))
-        print(f"logs in {data_dir / 'logs'}; Ctrl-C stops everything", flush=True)
+        print(
+            f"logs in {data_dir / 'logs'}; mail in {data_dir / 'mail'}; Ctrl-C stops everything",
+            flush=True,
+        )
         _wait_for_signal()
     return 0
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from psycopg import sql
+from support.models import model_base_dir, model_server_address  # noqa: F401 - fixtures
 from support.tokens import TokenFactory
 
 from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies

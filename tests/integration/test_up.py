@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -31,13 +32,15 @@ SERVICES = {
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, model_base_dir: Path
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], list[str]]]:
     """`medmesh up` in a fresh data dir with no MEDMESH_* URL set, once it says it is ready:
     the process, the --status-file JSON and the lines it printed. Shared by this module's
     tests; the Ctrl-C test runs last."""
     tmp_path = tmp_path_factory.mktemp("up")
     env = {k: v for k, v in os.environ.items() if k not in DEPENDENCY_ENV.values()}
+    # The session's models (built once per code version) instead of a build per test run.
+    env["MEDMESH_MODEL_BASE_DIR"] = str(model_base_dir)
     status_file = tmp_path / "status.json"
     process = subprocess.Popen(
         [

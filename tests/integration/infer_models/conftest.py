@@ -1,7 +1,5 @@
-"""Fixtures of the model tests: the built models and the session's model server
-(defined in `support.models`, so other test folders can re-export them the same way)."""
-
-from support.models import model_base_dir, model_server_address  # noqa: F401 - fixtures
+"""The model tests use the session's built models and model server (`model_base_dir`,
+`model_server_address`), defined once in `tests/conftest.py` from `support.models`."""
 
 from svc_infer.models import quiet_tensorflow
 
