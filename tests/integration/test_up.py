@@ -4,7 +4,6 @@ answer health and reflection, addresses printed and written, Ctrl-C stops everyt
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,8 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-
-from medmesh.launcher import DEPENDENCY_ENV
+from support.stack import running_stack
 
 SERVICES = {
     "auth": ["medmesh.auth.v1.AuthService"],
@@ -34,43 +32,10 @@ SERVICES = {
 def stack(
     tmp_path_factory: pytest.TempPathFactory, model_base_dir: Path
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], list[str]]]:
-    """`medmesh up` in a fresh data dir with no MEDMESH_* URL set, once it says it is ready:
-    the process, the --status-file JSON and the lines it printed. Shared by this module's
-    tests; the Ctrl-C test runs last."""
-    tmp_path = tmp_path_factory.mktemp("up")
-    env = {k: v for k, v in os.environ.items() if k not in DEPENDENCY_ENV.values()}
-    # The session's models (built once per code version) instead of a build per test run.
-    env["MEDMESH_MODEL_BASE_DIR"] = str(model_base_dir)
-    status_file = tmp_path / "status.json"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "medmesh.cli",
-            "up",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--status-file",
-            str(status_file),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    printed: list[str] = []
-    while not printed or "Ctrl-C" not in printed[-1]:
-        line = process.stdout.readline()
-        assert line, "medmesh up exited before it was ready"
-        printed.append(line.rstrip("\n"))
-    try:
-        yield process, json.loads(status_file.read_text()), printed
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
+    """`medmesh up` as on a fresh machine: the process, its status JSON, what it printed.
+    Shared by this module's tests; the Ctrl-C test runs last."""
+    with running_stack(tmp_path_factory.mktemp("up"), model_base_dir) as running:
+        yield running.process, running.status, running.printed
 
 
 def _printed_url(printed: list[str], name: str) -> str:
