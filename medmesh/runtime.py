@@ -22,10 +22,17 @@ import grpc
 import structlog
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
 
-from medmesh.auth import AuthInterceptor, GrpcJwksSource, TokenVerifier
+from medmesh.auth import (
+    AuthInterceptor,
+    GrpcJwksSource,
+    RevocationCheck,
+    TokenVerifier,
+    revocation_prefix,
+)
 from medmesh.contract import DescriptorImage
 from medmesh.identity import RoleRules
 from medmesh.migrations import apply_migrations
+from medmesh.resources import open_cache
 from medmesh.server import GrpcServer
 from medmesh.settings import Settings
 from medmesh.telemetry import configure_logging, configure_tracing, start_metrics_endpoint
@@ -134,11 +141,18 @@ async def serve(
 async def _jwks_verifier(
     settings: Settings, image: DescriptorImage, stack: AsyncExitStack
 ) -> TokenVerifier:
-    """Verify tokens with the keys svc_auth publishes (fetched lazily, cached, refreshed)."""
+    """Verify tokens with the keys svc_auth publishes (fetched lazily, cached, refreshed), and
+    honour svc_auth's deny-list (logout, disabled users) when Redis is configured."""
     settings.require("auth_addr")
     source = GrpcJwksSource(settings.auth_addr, image=image)
     stack.push_async_callback(source.close)
-    return TokenVerifier(source, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    is_revoked = None
+    if settings.redis_url:
+        redis = await open_cache(settings, stack)
+        is_revoked = RevocationCheck(redis, revocation_prefix(settings.subject_root))
+    return TokenVerifier(
+        source, issuer=settings.jwt_issuer, audience=settings.jwt_audience, is_revoked=is_revoked
+    )
 
 
 def run_service(service: str, setup: Setup, *, migrations: Sequence[Migrations] = ()) -> None:

@@ -6,6 +6,7 @@ the gateway) with the public keys svc_auth publishes as a JWKS document.
 
 from medmesh.auth.interceptor import AuthInterceptor, bearer_token
 from medmesh.auth.jwks import GrpcJwksSource, JwksSource, StaticJwks, jwk_to_dict
+from medmesh.auth.revocation import RevocationCheck, revocation_prefix
 from medmesh.auth.tokens import ALLOWED_ALGORITHMS, TokenVerifier
 
 __all__ = [
@@ -13,8 +14,10 @@ __all__ = [
     "AuthInterceptor",
     "GrpcJwksSource",
     "JwksSource",
+    "RevocationCheck",
     "StaticJwks",
     "TokenVerifier",
     "bearer_token",
     "jwk_to_dict",
+    "revocation_prefix",
 ]

@@ -27,7 +27,7 @@ from pypdf import PdfReader
 from support.stack import Stack, running_stack
 
 from gen.medmesh.common.v1 import FileKind
-from gen.medmesh.ingest.v1 import UploadFileMetadata, UploadFileRequest
+from gen.medmesh.ingest.v1 import ListStudiesRequest, UploadFileMetadata, UploadFileRequest
 from medmesh.client import AsyncStub
 from medmesh.contract import DescriptorImage
 
@@ -198,3 +198,32 @@ async def test_another_clinics_admin_finds_nothing_of_a_finished_study(
         assert (await stranger.get("/v1/studies")).json().get("studies", []) == []
     async with httpx.AsyncClient(base_url=stack.status["edge"], timeout=30) as anonymous:
         assert (await anonymous.get(f"/v1/{study}")).status_code == 401
+
+
+async def test_after_logout_the_access_token_is_refused_by_the_other_services_at_once(
+    stack: Stack,
+) -> None:
+    admin_password = (stack.data_dir / "secrets" / "admin-password").read_text().strip()
+    async with httpx.AsyncClient(base_url=stack.status["edge"], timeout=30) as client:
+        login = (
+            await client.post(
+                "/v1/auth:login",
+                json={"email": "admin@demo-clinic.example", "password": admin_password},
+            )
+        ).json()
+        bearer = [("authorization", f"Bearer {login['accessToken']}")]
+        async with grpc.aio.insecure_channel(stack.status["ingest"]) as channel:
+            ingest = AsyncStub(channel, "medmesh.ingest.v1.IngestService", DescriptorImage())
+            await ingest.list_studies(ListStudiesRequest(), metadata=bearer, timeout=10)
+
+            logout = await client.post(
+                "/v1/auth:logout",
+                json={"refreshToken": login["refreshToken"]},
+                headers={"authorization": f"Bearer {login['accessToken']}"},
+            )
+            assert logout.status_code == 200, logout.text
+
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await ingest.list_studies(ListStudiesRequest(), metadata=bearer, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.details() == "access token revoked"
