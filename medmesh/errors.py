@@ -63,6 +63,10 @@ class ResourceExhausted(DomainError):
         self.retry_after_s = retry_after_s
 
 
+class DataLoss(DomainError):
+    """Stored data is missing or corrupt (an archived object gone or not matching its hash)."""
+
+
 class DependencyUnavailable(DomainError):
     """A dependency (PostgreSQL, Redis, NATS, S3, model server, SMTP) cannot be reached.
 

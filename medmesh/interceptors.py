@@ -35,6 +35,7 @@ _STATUS_OF: list[tuple[type[errors.DomainError], int]] = [
     (errors.FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (errors.DependencyUnavailable, code_pb2.UNAVAILABLE),
+    (errors.DataLoss, code_pb2.DATA_LOSS),
 ]
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(

@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import smtplib
-import ssl
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import jinja2
 import structlog
@@ -30,6 +25,7 @@ from tenacity import (
 )
 
 from medmesh.db import Connection, Database
+from medmesh.mail import SmtpEndpoint, compose, is_transient, send_messages
 from svc_auth import store
 
 _log = structlog.get_logger("svc_auth.mail")
@@ -39,7 +35,6 @@ SUBJECTS = {
     "password_reset": "Reset your medmesh password",
 }
 MAX_ATTEMPTS = 8
-_SMTP_TIMEOUT_S = 10.0
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("svc_auth", "templates"),
@@ -72,41 +67,6 @@ def render(template: str, recipient: str, context: dict[str, Any]) -> Mail:
 async def enqueue(conn: Connection, mail: Mail) -> None:
     """Queue `mail` in the caller's transaction (it is sent only if that commits)."""
     await store.insert_mail(conn, mail.recipient, mail.subject, mail.body_text, mail.body_html)
-
-
-@dataclass(frozen=True)
-class SmtpEndpoint:
-    """Where and how to submit mail, parsed from MEDMESH_SMTP_URL."""
-
-    host: str
-    port: int
-    security: str  # "none", "starttls" or "tls"
-    username: str = ""
-    password: str = ""
-
-    @classmethod
-    def parse(cls, url: str) -> SmtpEndpoint:
-        """`smtp://host:port`, `smtp+starttls://user:pass@host:587`, `smtps://host:465`."""
-        parts = urlsplit(url)
-        security = {"smtp": "none", "smtp+starttls": "starttls", "smtps": "tls"}.get(parts.scheme)
-        if security is None or not parts.hostname:
-            raise ValueError(f"not an SMTP URL: {url!r} (use smtp://host:port)")
-        default_port = {"none": 25, "starttls": 587, "tls": 465}[security]
-        return cls(
-            host=parts.hostname,
-            port=parts.port or default_port,
-            security=security,
-            username=unquote(parts.username or ""),
-            password=unquote(parts.password or ""),
-        )
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return any(400 <= code < 500 for code, _ in exc.recipients.values())
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return 400 <= exc.smtp_code < 500
-    return isinstance(exc, smtplib.SMTPServerDisconnected | OSError)
 
 
 class MailSender:
@@ -175,13 +135,13 @@ class MailSender:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self._quick_retries),
                 wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
-                retry=retry_if_exception(_is_transient),
+                retry=retry_if_exception(is_transient),
                 reraise=True,
             ):
                 with attempt:
                     await asyncio.to_thread(self._send, mail)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the row
-            give_up = not _is_transient(exc) or row["attempts"] >= MAX_ATTEMPTS
+            give_up = not is_transient(exc) or row["attempts"] >= MAX_ATTEMPTS
             async with self._database.transaction() as conn:
                 await store.mail_failed(
                     conn,
@@ -198,19 +158,7 @@ class MailSender:
         return True
 
     def _send(self, mail: Mail) -> None:
-        message = EmailMessage()
-        message["From"] = self._sender
-        message["To"] = mail.recipient
-        message["Subject"] = mail.subject
-        message["Date"] = formatdate(localtime=False)
-        message["Message-ID"] = make_msgid(domain="medmesh")
-        message.set_content(mail.body_text)
-        message.add_alternative(mail.body_html, subtype="html")
-        endpoint = self._endpoint
-        smtp_class = smtplib.SMTP_SSL if endpoint.security == "tls" else smtplib.SMTP
-        with smtp_class(endpoint.host, endpoint.port, timeout=_SMTP_TIMEOUT_S) as smtp:
-            if endpoint.security == "starttls":
-                smtp.starttls(context=ssl.create_default_context())
-            if endpoint.username:
-                smtp.login(endpoint.username, endpoint.password)
-            smtp.send_message(message)
+        message = compose(
+            self._sender, mail.recipient, mail.subject, mail.body_text, mail.body_html
+        )
+        send_messages(self._endpoint, [message])

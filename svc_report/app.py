@@ -1,23 +1,107 @@
-"""Wiring: open svc_report's dependencies on the exit stack and build its servicers."""
+"""Wiring: open svc_report's dependencies on the exit stack, start its background tasks
+(outbox relay, the three consumers) and build its servicer.
+
+Close order is the reverse of this order: consumers stop first (the batch in hand finishes
+and acks), then the relay, the MIS client and the pools.
+"""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+import structlog
+
+from medmesh.mail import SmtpEndpoint
+from medmesh.outbox import Outbox, OutboxRelay
 from medmesh.resources import open_cache, open_database, open_jetstream, open_object_store
 from medmesh.runtime import ServiceParts
 from medmesh.settings import Settings
-from svc_report.service import ReportDependencies, ReportServicer
+from svc_report.builder import ReportBuilder
+from svc_report.config import ReportConfig
+from svc_report.consumers import ConsumerLoop, results_ready_consumer
+from svc_report.delivery import ReportDeliveries
+from svc_report.mis import MisClient
+from svc_report.notify import ReportNotifier
+from svc_report.report_requests import ReportRequests
+from svc_report.reports import ReportReader
+from svc_report.results import ResultSource
+from svc_report.service import (
+    REPORT_SERVICE,
+    ROLE_RULES,
+    ReportDependencies,
+    ReportServicer,
+)
+from svc_report.targets import DeliveryTargets
 
-REPORT_SERVICE = "medmesh.report.v1.ReportService"
+log = structlog.get_logger(__name__)
+
+SCHEMA = "report"
 
 
 async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
-    """PostgreSQL (report history), Redis (cached results), S3 (archive), JetStream."""
-    dependencies = ReportDependencies(
-        database=await open_database(settings, stack),
-        redis=await open_cache(settings, stack),
-        objects=await open_object_store(settings, stack),
-        jetstream=await open_jetstream(settings, stack),
+    """PostgreSQL (reports; read models of ingest/infer/auth through the read pool), Redis
+    (svc_infer's result cache), S3 (processed images in, archive out), JetStream (events and
+    jobs in, events, jobs and dead letters out), SMTP, the clinics' MIS endpoints."""
+    config = ReportConfig.from_extra(settings.extra)
+    database = await open_database(settings, stack)
+    redis = await open_cache(settings, stack)
+    objects = await open_object_store(settings, stack)
+    jetstream = await open_jetstream(settings, stack)
+    topology = jetstream.topology
+    outbox = Outbox(SCHEMA)
+    mis = MisClient(config)
+    stack.push_async_callback(mis.close)
+    await OutboxRelay.start(outbox, database, jetstream.js, stack, listen_url=settings.postgres_url)
+
+    if not settings.smtp_url:
+        log.warning("MEDMESH_SMTP_URL is unset: no 'report ready' mails are sent")
+    notifier = ReportNotifier(
+        database,
+        SmtpEndpoint.parse(settings.smtp_url) if settings.smtp_url else None,
+        sender=config.mail_from,
+        public_url=config.public_url,
     )
-    return ServiceParts(servicers={REPORT_SERVICE: ReportServicer(dependencies)})
+    results = ResultSource(database, redis, namespace=settings.subject_root)
+    requests = ReportRequests(database, outbox, topology)
+    builder = ReportBuilder(
+        database=database,
+        objects=objects,
+        results=results,
+        outbox=outbox,
+        topology=topology,
+        notifier=notifier,
+        config=config,
+    )
+    deliveries = ReportDeliveries(
+        database=database,
+        objects=objects,
+        outbox=outbox,
+        topology=topology,
+        mis=mis,
+        results=results,
+    )
+    backoff = config.retry_backoff_s
+    for loop in (
+        ConsumerLoop(
+            results_ready_consumer(topology),
+            jetstream,
+            requests.on_results_ready,
+            retry_backoff_s=backoff,
+        ),
+        ConsumerLoop(topology.report_consumer, jetstream, builder.on_job, retry_backoff_s=backoff),
+        ConsumerLoop(
+            topology.deliver_consumer, jetstream, deliveries.on_job, retry_backoff_s=backoff
+        ),
+    ):
+        await loop.start(stack)
+
+    dependencies = ReportDependencies(
+        requests=requests,
+        reader=ReportReader(database, objects, url_ttl_s=config.download_url_ttl_s),
+        deliveries=deliveries,
+        targets=DeliveryTargets(database),
+    )
+    return ServiceParts(
+        servicers={REPORT_SERVICE: ReportServicer(dependencies)},
+        role_rules=ROLE_RULES,
+    )
