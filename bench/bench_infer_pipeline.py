@@ -1,0 +1,298 @@
+"""P1: image jobs/s end to end (JetStream → svc_infer workers → model server → PostgreSQL,
+Redis, S3) against the bare ResNet-50 SavedModel called in-process at the same batch size, in
+the same run; and the pipeline's gain from micro-batching next to the model's own gain from
+batch 8 over batch 1.
+
+    python bench/bench_infer_pipeline.py [--jobs 96] [--image-size 512]
+
+Everything runs on this machine: embedded PostgreSQL, Redis, NATS and S3 (or the MEDMESH_*
+URLs when set), the model server as its own process (as TF Serving would be), svc_infer
+in this process. The bare model is measured on the same preprocessed tensors the pipeline
+sends, so the pipeline's extra work (PNG download and decode, resize, the gRPC hop, the
+database transaction, events, the cache, acks) is exactly what the ratio charges for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from svc_infer.models import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+from gen.medmesh.common.v1 import FileKind  # noqa: E402
+from gen.medmesh.events.v1 import InferenceJob  # noqa: E402
+from medmesh.jetstream import Topology, connect_nats, publish_message  # noqa: E402
+from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies  # noqa: E402
+from medmesh.migrate import service_migrations  # noqa: E402
+from medmesh.objects import RAW_IMAGES, ObjectStore  # noqa: E402
+from medmesh.runtime import ServiceParts, serve  # noqa: E402
+from medmesh.settings import Settings  # noqa: E402
+from svc_infer import app  # noqa: E402
+from svc_infer.preprocess import ImageSpec, prepare_image  # noqa: E402
+
+BATCH = 8
+MODEL_ROOT = REPO / ".data" / "bench-models"
+
+
+def build_model() -> Path:
+    """ResNet-50 version 1 under .data/bench-models/<code hash>/ (built once)."""
+    from svc_infer.models.build import build_code_hash, build_resnet50
+
+    base = MODEL_ROOT / build_code_hash()
+    if not (base / "resnet50" / "1" / "saved_model.pb").exists():
+        build_resnet50(base, 1)
+    return base
+
+
+def make_images(count: int, size: int) -> list[bytes]:
+    """Distinct gray PNGs, like a downsampled radiograph."""
+    rng = np.random.default_rng(7)
+    images = []
+    for _ in range(count):
+        pixels = cv2.GaussianBlur(rng.integers(0, 256, (size, size), dtype=np.uint8), (9, 9), 3)
+        ok, buffer = cv2.imencode(".png", pixels)
+        assert ok
+        images.append(buffer.tobytes())
+    return images
+
+
+class BareModel:
+    """The SavedModel's serving signature, called in this process."""
+
+    def __init__(self, base: Path, warm_up: np.ndarray) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        model = tf.saved_model.load(str(base / "resnet50" / "1"))
+        self._serve = model.signatures["serving_default"]
+        for batch in (1, BATCH):  # graph tracing and allocations, per batch shape
+            self._serve(image=tf.constant(warm_up[:batch]))
+
+    def rate(self, tensors: np.ndarray, batch: int) -> float:
+        """Images/s at `batch` over all of `tensors`."""
+        started = time.perf_counter()
+        done = 0
+        for start in range(0, len(tensors) - batch + 1, batch):
+            chunk = self._tf.constant(tensors[start : start + batch])
+            self._serve(image=chunk)["probabilities"].numpy()
+            done += batch
+        return done / (time.perf_counter() - started)
+
+
+def start_model_server(base: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m svc_infer.model_server` in its own process, as TF Serving would run."""
+    ready = workdir / "model-server.json"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "svc_infer.model_server",
+            "--model-base",
+            str(base),
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--file-system-poll-wait-seconds",
+            "0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(1200):
+        if ready.exists():
+            return process, json.loads(ready.read_text())["grpc"]
+        if process.poll() is not None:
+            raise RuntimeError("the model server exited")
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the model server did not start")
+
+
+def fresh_database(postgres_url: str) -> str:
+    name = f"bench_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return urlsplit(postgres_url)._replace(path=f"/{name}").geturl()
+
+
+async def pipeline_rate(
+    urls: dict[str, str], model_server: str, images: Sequence[bytes], *, batch_size: int
+) -> float:
+    """Jobs/s from the first publish to the last stored result, after a warm-up batch."""
+    prefix = f"b{secrets.token_hex(3)}"
+    database_url = fresh_database(urls[DEPENDENCY_ENV["postgres"]])
+    settings = Settings(
+        service="infer",
+        postgres_url=database_url,
+        redis_url=urls[DEPENDENCY_ENV["redis"]],
+        nats_url=urls[DEPENDENCY_ENV["nats"]],
+        s3_url=urls[DEPENDENCY_ENV["s3"]],
+        s3_bucket_prefix=f"{prefix}-",
+        subject_root=prefix,
+        stream_prefix=prefix.upper(),
+        metrics_addr="",
+        grace_period_s=1,
+        extra={
+            "MEDMESH_INFER_TF_SERVING_ADDR": model_server,
+            "MEDMESH_INFER_BATCH_SIZE": str(batch_size),
+            "MEDMESH_INFER_BATCH_WAIT_MS": "20",
+            "MEDMESH_INFER_PREDICT_TIMEOUT_S": "300",
+        },
+    )
+    started_event = asyncio.Event()
+
+    async def setup(s: Settings, stack: AsyncExitStack) -> ServiceParts:
+        from medmesh.auth import StaticJwks, TokenVerifier
+
+        parts = await app.setup(s, stack)
+        parts.verifier = TokenVerifier(StaticJwks({"keys": []}), issuer="x", audience="x")
+        started_event.set()
+        return parts
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        serve(settings, setup, migrations=service_migrations("infer"), stop=stop)
+    )
+    await started_event.wait()
+    topology = Topology(subject_root=prefix, stream_prefix=prefix.upper())
+    objects = ObjectStore(settings.s3_url, bucket_prefix=settings.s3_bucket_prefix)
+    nc, js = await connect_nats(settings.nats_url, name="bench")
+    try:
+        keys = []
+        for index, data in enumerate(images):
+            key = f"bench/{index}.png"
+            await objects.put_bytes(RAW_IMAGES, key, data, content_type="image/png")
+            keys.append(key)
+
+        async def run(indices: Sequence[int]) -> float:
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as db:
+                before = await _count(db)
+                started = time.perf_counter()
+                for index in indices:
+                    job = InferenceJob(
+                        job_id=str(uuid.uuid4()),
+                        clinic_id="bench",
+                        study_id=str(uuid.uuid4()),
+                        file_id=str(uuid.uuid4()),
+                        kind=FileKind.IMAGE_PNG,
+                        bucket=RAW_IMAGES,
+                        object_key=keys[index],
+                        content_type="image/png",
+                        enqueue_time=datetime.now(UTC),
+                        study_file_count=1,
+                    )
+                    await publish_message(js, topology.infer_image_subject, job, msg_id=job.job_id)
+                while await _count(db) < before + len(indices):  # noqa: ASYNC110 - polls the DB
+                    await asyncio.sleep(0.01)
+                return len(indices) / (time.perf_counter() - started)
+
+        await run(range(min(BATCH * 2, len(images))))  # warm-up: registry, cards, TF graphs
+        return await run(range(len(images)))
+    finally:
+        await nc.drain()
+        objects.close()
+        stop.set()
+        await task
+
+
+async def _count(db: psycopg.AsyncConnection) -> int:
+    cur = await db.execute("SELECT count(*) FROM infer.results")
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def line(name: str, value: float, floor_name: str, floor: float, goal: float) -> None:
+    ratio = value / floor if floor else float("nan")
+    verdict = "ok" if ratio >= goal else "below goal"
+    print(
+        f"{name:<44} {value:8.2f}   vs {floor_name:<34} {floor:8.2f}   "
+        f"ratio {ratio:5.2f} (goal >= {goal:.2f}, {verdict})"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=96)
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    jobs = max(BATCH * 2, args.jobs - args.jobs % BATCH)
+
+    base = build_model()
+    images = make_images(jobs, args.image_size)
+    spec = ImageSpec(color_order="BGR", mean=(0.406, 0.458, 0.485), std=(1 / 255,) * 3)
+    tensors = np.stack([prepare_image(data, FileKind.IMAGE_PNG, spec).tensor for data in images])
+
+    bare = BareModel(base, tensors)
+    # The machine is shared: each pipeline run is measured right after the bare model, in
+    # the same conditions, and each figure is the best of its rounds.
+    figures: dict[str, list[float]] = {"bare8": [], "pipe8": [], "bare1": [], "pipe1": []}
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        EmbeddedDependencies(Path(workdir) / "deps", os.environ) as urls,
+    ):
+        process, address = start_model_server(base, Path(workdir))
+        try:
+            for _ in range(args.rounds):
+                figures["bare8"].append(bare.rate(tensors, BATCH))
+                figures["pipe8"].append(
+                    await pipeline_rate(urls, address, images, batch_size=BATCH)
+                )
+                figures["bare1"].append(bare.rate(tensors, 1))
+                figures["pipe1"].append(await pipeline_rate(urls, address, images, batch_size=1))
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    bare_8, pipe_8, bare_1, pipe_1 = (max(figures[k]) for k in ("bare8", "pipe8", "bare1", "pipe1"))
+    print("\nrounds:", {k: [round(v, 2) for v in values] for k, values in figures.items()})
+
+    print(
+        f"\nResNet-50 (untrained, real cost), {jobs} PNG jobs of {args.image_size}px, "
+        f"{os.cpu_count()} CPUs, best of {args.rounds} rounds\n"
+    )
+    line("P1 pipeline jobs/s, micro-batch 8", pipe_8, "bare SavedModel img/s, batch 8", bare_8, 0.9)
+    line(
+        "pipeline jobs/s, micro-batching off (1)",
+        pipe_1,
+        "bare SavedModel img/s, batch 1",
+        bare_1,
+        0.9,
+    )
+    bare_gain = bare_8 / bare_1
+    pipe_gain = pipe_8 / pipe_1
+    line(
+        "batching gain kept by the pipeline (8 vs 1)",
+        pipe_gain,
+        "bare model gain (8 vs 1)",
+        bare_gain,
+        0.9,
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,73 @@
+"""svc_infer's own settings: the model server, micro-batching, retries, caching, from
+`MEDMESH_INFER_*` variables.
+
+Read once at start-up from `Settings.extra`; tests build `InferConfig(...)` directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from medmesh.settings import SettingsError
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Tuning of svc_infer. Each field names its MEDMESH_INFER_* variable."""
+
+    tf_serving_addr: str = ""
+    """MEDMESH_INFER_TF_SERVING_ADDR: host:port of TF Serving's gRPC API (or the project's
+    model server). Unset: the RPCs serve, but no worker consumes jobs (logged at start-up)."""
+    image_model: str = "resnet50"
+    """MEDMESH_INFER_IMAGE_MODEL: registry name of the model that classifies images."""
+    text_model: str = "minilm"
+    """MEDMESH_INFER_TEXT_MODEL: registry name of the model that analyses notes."""
+    batch_size: int = 8
+    """MEDMESH_INFER_BATCH_SIZE: most jobs in one micro-batch (one Predict call)."""
+    batch_wait_ms: float = 20.0
+    """MEDMESH_INFER_BATCH_WAIT_MS: how long a batch waits for more jobs after its first."""
+    concurrency: int = 2
+    """MEDMESH_INFER_CONCURRENCY: micro-batches in flight per consumer (overlaps download and
+    preprocessing of one batch with the model server's work on another)."""
+    retry_backoff_s: tuple[float, ...] = (30.0, 120.0)
+    """MEDMESH_INFER_RETRY_BACKOFF_S: comma-separated delays before the 2nd, 3rd... attempt
+    of a job that failed (a nak with delay; the last delay repeats). How many attempts a job
+    gets is the consumer's `max_deliver` in `medmesh.jetstream.Topology` (3)."""
+    predict_timeout_s: float = 30.0
+    """MEDMESH_INFER_PREDICT_TIMEOUT_S: deadline of one Predict call."""
+    top_k: int = 5
+    """MEDMESH_INFER_TOP_K: labels kept per image result."""
+    result_ttl_s: int = 3600
+    """MEDMESH_INFER_RESULT_TTL_S: lifetime of a cached result in Redis."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.concurrency < 1:
+            raise SettingsError("batch size and concurrency must be at least 1")
+        if not self.retry_backoff_s or any(d < 0 for d in self.retry_backoff_s):
+            raise SettingsError("MEDMESH_INFER_RETRY_BACKOFF_S needs non-negative delays")
+        if not 0 < self.result_ttl_s <= 3600:
+            raise SettingsError("MEDMESH_INFER_RESULT_TTL_S must be within 1..3600")
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, str]) -> InferConfig:
+        """Parse `Settings.extra` (the MEDMESH_INFER_* variables); unset ones keep defaults."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"MEDMESH_INFER_{f.name.upper()}"
+            raw = extra.get(name, "").strip()
+            if not raw:
+                continue
+            try:
+                if f.name == "retry_backoff_s":
+                    values[f.name] = tuple(float(x) for x in raw.split(",") if x.strip())
+                elif f.type in {"str"}:
+                    values[f.name] = raw
+                elif f.type in {"float"}:
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a number") from None
+        return cls(**values)

@@ -1,0 +1,252 @@
+"""Image preprocessing with OpenCV: bytes of a stored study file → the tensor a model expects.
+
+Pure functions, no I/O, so that every rule (DICOM rescale and windowing, channel handling,
+resizing, normalisation) is unit-tested without a server. The output of `prepare_image` is
+both the model input (float32, normalised as the model version's `InputSpec` says) and the
+8-bit RGB picture that goes to the `medical-images-processed` bucket, so a clinician can see
+exactly what the model saw.
+
+`IMAGE_PREPROCESSING_VERSION` is stored with every result; change it whenever the code here
+changes what a model receives, so results made by different preprocessing can be told apart.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pydicom
+import pydicom.errors
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_rescale
+
+from gen.medmesh.common.v1 import FileKind
+
+IMAGE_PREPROCESSING_VERSION = "img-opencv-v1"
+"""Decode → 8-bit → gray replicated to 3 channels → INTER_AREA/LINEAR resize → normalise."""
+
+_IMAGE_KINDS = frozenset(
+    {FileKind.IMAGE_PNG, FileKind.IMAGE_JPEG, FileKind.IMAGE_DICOM},
+)
+# Pixel budget for a decoded image (a 16k x 16k scan); larger files are refused, not resized,
+# because decoding them alone would take gigabytes.
+MAX_PIXELS = 16384 * 16384
+
+
+class PreprocessingError(ValueError):
+    """The file cannot be turned into a model input (corrupt, unsupported, empty)."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a model version wants its images: size, channel order and normalisation.
+
+    `mean` is subtracted from pixels scaled to [0, 1], per channel in `color_order`, and the
+    result is divided by `std` (ImageNet/torch style: mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225), RGB; Keras "caffe" style: BGR, mean=(0.406, 0.458, 0.485),
+    std=1/255).
+    """
+
+    height: int = 224
+    width: int = 224
+    color_order: str = "RGB"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.color_order not in {"RGB", "BGR"}:
+            raise ValueError(f"color_order must be RGB or BGR, got {self.color_order!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
+            raise ValueError("mean and std need three values and std no zero")
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError("height and width must be positive")
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A preprocessed image: the model input and the 8-bit RGB picture it was made from."""
+
+    tensor: np.ndarray
+    """float32 [height, width, 3], normalised, in the spec's channel order."""
+    rgb8: np.ndarray = field(repr=False)
+    """uint8 [height, width, 3], RGB: what is stored in `medical-images-processed`."""
+    source_shape: tuple[int, ...] = ()
+    """Shape of the decoded pixels before resizing (rows, columns[, channels])."""
+
+
+def is_image_kind(kind: FileKind) -> bool:
+    """True for the file kinds that `prepare_image` accepts."""
+    return kind in _IMAGE_KINDS
+
+
+def prepare_image(data: bytes, kind: FileKind, spec: ImageSpec) -> PreparedImage:
+    """Decode `data` as `kind` and produce the model input; raises PreprocessingError."""
+    if kind == FileKind.IMAGE_DICOM:
+        pixels = decode_dicom(data)
+    elif kind in (FileKind.IMAGE_PNG, FileKind.IMAGE_JPEG):
+        pixels = decode_raster(data)
+    else:
+        raise PreprocessingError(f"file kind {kind.name} is not an image")
+    rgb8 = resize(to_rgb8(pixels), spec.height, spec.width)
+    return PreparedImage(normalise(rgb8, spec), rgb8, tuple(pixels.shape))
+
+
+def decode_raster(data: bytes) -> np.ndarray:
+    """PNG/JPEG bytes → pixels as OpenCV decodes them (gray, BGR or BGRA; 8 or 16 bit)."""
+    if not data:
+        raise PreprocessingError("the file is empty")
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    # IMREAD_UNCHANGED keeps 16-bit depth and single-channel images as they are, so that
+    # `to_rgb8` scales 16-bit radiographs by their real range rather than cv2's truncation.
+    pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.size == 0:
+        raise PreprocessingError("the bytes do not decode as PNG or JPEG")
+    _check_size(pixels)
+    return pixels
+
+
+def decode_dicom(data: bytes) -> np.ndarray:
+    """DICOM Part 10 bytes → 8-bit grayscale: modality rescale, then VOI windowing.
+
+    Rescale slope/intercept map stored values to physical units (e.g. Hounsfield); the
+    window (center/width from the file, else the image's own range) then maps those units to
+    0..255. MONOCHROME1 (white = low values) is inverted so that every output has the usual
+    polarity. Multi-frame files use their middle frame.
+    """
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), force=False)
+        raw = dataset.pixel_array
+    except (pydicom.errors.InvalidDicomError, AttributeError, KeyError, ValueError) as exc:
+        raise PreprocessingError(f"not a readable DICOM image: {exc}") from exc
+    except (NotImplementedError, RuntimeError) as exc:  # compressed without a decoder plugin
+        raise PreprocessingError(f"DICOM pixel data cannot be decoded here: {exc}") from exc
+    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raw = raw[frames // 2]
+    photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2"))
+    if raw.ndim == 3:
+        if photometric not in {"RGB", "YBR_FULL", "YBR_FULL_422"}:
+            raise PreprocessingError(f"unsupported DICOM photometric {photometric}")
+        # Colour DICOM (rare in radiology): pydicom converts YBR to RGB; OpenCV wants BGR.
+        rgb = np.ascontiguousarray(raw)
+        return cv2.cvtColor(to_rgb8(rgb), cv2.COLOR_RGB2BGR)
+    _check_size(raw)
+    values = apply_rescale(raw, dataset).astype(np.float64)
+    center, width = window_of(dataset, values)
+    gray = window(values, center, width)
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray
+    return gray
+
+
+def window_of(dataset: pydicom.Dataset, values: np.ndarray) -> tuple[float, float]:
+    """The VOI window to use: the file's first WindowCenter/WindowWidth, else min..max."""
+    center = _first_number(getattr(dataset, "WindowCenter", None))
+    width = _first_number(getattr(dataset, "WindowWidth", None))
+    if center is not None and width is not None and width >= 1:
+        return center, width
+    low, high = float(values.min()), float(values.max())
+    return (low + high) / 2, max(high - low, 1.0)
+
+
+def window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM linear windowing (PS3.3 C.11.2.1.2) of physical values to uint8 0..255."""
+    if width < 1:
+        raise PreprocessingError("window width must be at least 1")
+    low = center - 0.5 - (width - 1) / 2
+    high = center - 0.5 + (width - 1) / 2
+    # Width 1 is a threshold: everything is either below `low` or above `high`.
+    scaled = ((values - (center - 0.5)) / max(width - 1, 1e-9) + 0.5) * 255.0
+    scaled = np.where(values <= low, 0.0, np.where(values > high, 255.0, scaled))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _first_number(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0] if len(value) else None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """Any decoded image → uint8 RGB: deeper images scaled by their own range, gray images
+    replicated to three channels, alpha dropped, OpenCV's BGR turned into RGB."""
+    image = pixels
+    if image.dtype != np.uint8:
+        image = _scale_to_uint8(image)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    raise PreprocessingError(f"unsupported pixel layout {image.shape}")
+
+
+def _scale_to_uint8(image: np.ndarray) -> np.ndarray:
+    values = image.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(image.shape, dtype=np.uint8)
+    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def resize(rgb8: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize to the model's input size: INTER_AREA when shrinking (no aliasing), bilinear
+    when enlarging. The aspect ratio is not kept; the classifier was trained on squashed
+    inputs the same way (Keras' image_dataset_from_directory default)."""
+    if rgb8.shape[:2] == (height, width):
+        return rgb8
+    shrinking = rgb8.shape[0] > height or rgb8.shape[1] > width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(rgb8, (width, height), interpolation=interpolation)
+
+
+def normalise(rgb8: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """uint8 RGB → float32 in the spec's channel order: (pixel / 255 - mean) / std."""
+    image = rgb8 if spec.color_order == "RGB" else rgb8[:, :, ::-1]
+    scaled = image.astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray((scaled - mean) / std, dtype=np.float32)
+
+
+def encode_png(rgb8: np.ndarray) -> bytes:
+    """The processed picture as PNG bytes (lossless, so it is exactly what the model saw).
+
+    A gray picture (three equal channels, as every radiograph here) is stored with one
+    channel: it decodes to the same pixels, and encodes four times faster and smaller, CPU
+    that the model server needs more on a shared machine. Fast zlib settings for the same
+    reason (level 1; run-length strategy for colour)."""
+    if np.array_equal(rgb8[:, :, 0], rgb8[:, :, 1]) and np.array_equal(
+        rgb8[:, :, 1], rgb8[:, :, 2]
+    ):
+        image, params = rgb8[:, :, 0], [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    else:
+        image = cv2.cvtColor(rgb8, cv2.COLOR_RGB2BGR)
+        params = [
+            cv2.IMWRITE_PNG_COMPRESSION,
+            1,
+            cv2.IMWRITE_PNG_STRATEGY,
+            cv2.IMWRITE_PNG_STRATEGY_RLE,
+        ]
+    ok, buffer = cv2.imencode(".png", image, params)
+    if not ok:  # pragma: no cover - encoding a valid uint8 image does not fail
+        raise PreprocessingError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def _check_size(pixels: np.ndarray) -> None:
+    rows, cols = pixels.shape[0], pixels.shape[1] if pixels.ndim > 1 else 1
+    if rows * cols == 0:
+        raise PreprocessingError("the image has no pixels")
+    if rows * cols > MAX_PIXELS:
+        raise PreprocessingError(f"the image has {rows * cols} pixels, more than {MAX_PIXELS}")

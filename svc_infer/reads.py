@@ -1,0 +1,110 @@
+"""GetResult and ListResults: Redis first, then PostgreSQL (the read replica when one is
+configured), always within the caller's clinic. A result of another clinic is NOT_FOUND,
+and a list of another clinic's study is empty, exactly like a study that does not exist."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+
+from gen.medmesh.infer.v1 import Result
+from medmesh.db import Database
+from medmesh.errors import InvalidArgument, NotFound
+from svc_infer import store
+from svc_infer.cache import ResultCache
+from svc_infer.convert import result_to_proto
+from svc_infer.pages import decode_token, encode_token, page_size
+
+_RESULT_NAME = re.compile(r"studies/(?P<study>[^/]+)/results/(?P<result>[^/]+)")
+_STUDY_NAME = re.compile(r"studies/(?P<study>[^/]+)")
+
+
+def parse_result_name(name: str) -> tuple[str, str]:
+    """`studies/{study}/results/{result}` → (study id, result id)."""
+    match = _RESULT_NAME.fullmatch(name)
+    if not match:
+        raise InvalidArgument.for_field("name", "must look like studies/{study}/results/{result}")
+    return match["study"], match["result"]
+
+
+def parse_study_name(name: str, field: str = "parent") -> str:
+    """`studies/{study}` → study id."""
+    match = _STUDY_NAME.fullmatch(name)
+    if not match:
+        raise InvalidArgument.for_field(field, "must look like studies/{study}")
+    return match["study"]
+
+
+def _key(result: Result) -> tuple[datetime, str]:
+    assert result.create_time is not None  # stored results always have one
+    return result.create_time, result.result_id
+
+
+class ResultReader:
+    """Reads results for one clinic at a time."""
+
+    def __init__(self, database: Database, cache: ResultCache) -> None:
+        self._database = database
+        self._cache = cache
+
+    async def get(self, clinic_id: str, name: str) -> Result:
+        """One result; NotFound unless it is the clinic's and belongs to the named study."""
+        study_id, result_id = parse_result_name(name)
+        cached = await self._cache.get_result(result_id)
+        if cached is not None:
+            if cached.clinic_id != clinic_id or cached.study != f"studies/{study_id}":
+                raise NotFound(f"{name} does not exist")
+            return cached
+        try:
+            key = uuid.UUID(result_id)
+        except ValueError:
+            raise NotFound(f"{name} does not exist") from None
+        async with self._database.read_connection() as conn:
+            row = await store.get_result(conn, clinic_id, study_id, key)
+        if row is None:
+            raise NotFound(f"{name} does not exist")
+        result = result_to_proto(row)
+        await self._cache.put_results([result], stored=False)
+        return result
+
+    async def list(
+        self, clinic_id: str, parent: str, size: int, token: str
+    ) -> tuple[list[Result], str]:
+        """One page of a study's results, oldest first."""
+        study_id = parse_study_name(parent)
+        limit = page_size(size)
+        key = decode_token("results", token, 3)
+        after: tuple[datetime, str] | None = None
+        if key is not None:
+            if key[2] != study_id:
+                raise InvalidArgument.for_field("page_token", "belongs to another study")
+            after = (datetime.fromisoformat(key[0]), key[1])
+        cached = await self._cache.get_study(clinic_id, study_id)
+        if cached is not None:
+            results = cached
+            if after is not None:
+                results = [r for r in results if _key(r) > after]
+            page, more = results[:limit], len(results) > limit
+        else:
+            seen = await self._cache.study_version(study_id)
+            page, more = await self._from_database(clinic_id, study_id, after, limit)
+            if after is None and not more:
+                await self._cache.put_study(clinic_id, study_id, page, seen)
+        if not more or not page:
+            return page, ""
+        last = _key(page[-1])
+        return page, encode_token("results", [last[0].isoformat(), last[1], study_id])
+
+    async def _from_database(
+        self, clinic_id: str, study_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[Result], bool]:
+        keyset = None
+        if after is not None:
+            try:
+                keyset = (after[0], uuid.UUID(after[1]))
+            except ValueError:
+                raise InvalidArgument.for_field("page_token", "is not a token") from None
+        async with self._database.read_connection() as conn:
+            rows = await store.list_results(conn, clinic_id, study_id, keyset, limit + 1)
+        return [result_to_proto(r) for r in rows[:limit]], len(rows) > limit

@@ -1,0 +1,367 @@
+"""svc_infer's SQL for results, study progress, job failures and dead letters (the registry's
+is in `registry_store.py`). Functions take a connection, so callers decide the transaction;
+names are schema-qualified (`infer.`) because service pools do not set search_path. Every
+query that reads results or dead letters filters by clinic."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from gen.medmesh.common.v1 import AnalysisKind
+from gen.medmesh.infer.v1 import TrafficArm
+from medmesh.db import Connection
+from svc_infer.results import ResultDraft, StoredResult, StudyProgress, Timings
+
+# ----------------------------------------------------------------------------- results
+
+
+def _stored(row: Mapping[str, Any]) -> StoredResult:
+    draft = ResultDraft(
+        job_id=row["job_id"],
+        clinic_id=row["clinic_id"],
+        study_id=row["study_id"],
+        file_id=row["file_id"],
+        kind=AnalysisKind(row["kind"]),
+        model_name=row["model_name"],
+        model_version=int(row["model_version"]),
+        preprocessing_version=row["preprocessing_version"],
+        arm=TrafficArm(row["arm"]),
+        analysis=row["analysis"],
+        processed_key=row["processed_key"],
+        timings=Timings(
+            row["queue_ms"], row["preprocess_ms"], row["inference_ms"], row["total_ms"]
+        ),
+    )
+    return StoredResult(str(row["result_id"]), draft, row["create_time"])
+
+
+ResultKey = tuple[str, str, int]
+"""(file id, model name, model version): what makes a result unique."""
+
+
+async def existing_results(conn: Connection, keys: Iterable[ResultKey]) -> dict[ResultKey, str]:
+    """The result ids already stored for these keys (a redelivered job finds its own)."""
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return {}
+    cur = await conn.execute(
+        """
+        SELECT r.file_id, r.model_name, r.model_version, r.result_id
+        FROM infer.results r
+        JOIN unnest(%s::text[], %s::text[], %s::bigint[]) AS k(file_id, model_name, version)
+          ON r.file_id = k.file_id AND r.model_name = k.model_name
+         AND r.model_version = k.version
+        """,
+        ([k[0] for k in wanted], [k[1] for k in wanted], [k[2] for k in wanted]),
+    )
+    return {
+        (r["file_id"], r["model_name"], int(r["model_version"])): str(r["result_id"])
+        for r in await cur.fetchall()
+    }
+
+
+async def insert_result(conn: Connection, draft: ResultDraft) -> StoredResult | None:
+    """Store a result; None when this file + model version has one already (idempotent)."""
+    t = draft.timings
+    cur = await conn.execute(
+        """
+        INSERT INTO infer.results
+            (result_id, job_id, clinic_id, study_id, file_id, kind, model_name, model_version,
+             preprocessing_version, arm, analysis, processed_key,
+             queue_ms, preprocess_ms, inference_ms, total_ms)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT ON CONSTRAINT results_one_per_file_and_version DO NOTHING
+        RETURNING *
+        """,
+        (
+            uuid.uuid4(),
+            draft.job_id,
+            draft.clinic_id,
+            draft.study_id,
+            draft.file_id,
+            int(draft.kind),
+            draft.model_name,
+            draft.model_version,
+            draft.preprocessing_version,
+            int(draft.arm),
+            Jsonb(dict(draft.analysis)),
+            draft.processed_key,
+            t.queue_ms,
+            t.preprocess_ms,
+            t.inference_ms,
+            t.total_ms,
+        ),
+    )
+    row = await cur.fetchone()
+    return _stored(row) if row else None
+
+
+async def get_result(
+    conn: Connection, clinic_id: str, study_id: str, result_id: uuid.UUID
+) -> StoredResult | None:
+    """One result of the clinic's study."""
+    cur = await conn.execute(
+        "SELECT * FROM infer.results WHERE result_id = %s AND clinic_id = %s AND study_id = %s",
+        (result_id, clinic_id, study_id),
+    )
+    row = await cur.fetchone()
+    return _stored(row) if row else None
+
+
+async def list_results(
+    conn: Connection,
+    clinic_id: str,
+    study_id: str,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[StoredResult]:
+    """A study's results by (create_time, result_id), after the keyset `after`."""
+    if after is None:
+        cur = await conn.execute(
+            """
+            SELECT * FROM infer.results WHERE clinic_id = %s AND study_id = %s
+            ORDER BY create_time, result_id LIMIT %s
+            """,
+            (clinic_id, study_id, limit),
+        )
+    else:
+        cur = await conn.execute(
+            """
+            SELECT * FROM infer.results WHERE clinic_id = %s AND study_id = %s
+              AND (create_time, result_id) > (%s, %s)
+            ORDER BY create_time, result_id LIMIT %s
+            """,
+            (clinic_id, study_id, after[0], after[1], limit),
+        )
+    return [_stored(r) for r in await cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class SeenJob:
+    """A job as the study bookkeeping needs it."""
+
+    clinic_id: str
+    study_id: str
+    file_id: str
+    kind: int
+    job_id: str
+    study_file_count: int
+
+
+async def note_jobs_seen(conn: Connection, jobs: Sequence[SeenJob]) -> None:
+    """Remember the files of each study that jobs were seen for, and the largest announced
+    file count. Studies are locked in id order, as `lock_study` callers do (no deadlocks)."""
+    for job in sorted(jobs, key=lambda j: (j.study_id, j.file_id)):
+        await conn.execute(
+            """
+            INSERT INTO infer.studies (study_id, clinic_id, expected_files)
+            VALUES (%s, %s, %s)
+            ON CONFLICT (study_id) DO UPDATE
+            SET expected_files = GREATEST(infer.studies.expected_files, EXCLUDED.expected_files)
+            """,
+            (job.study_id, job.clinic_id, job.study_file_count),
+        )
+        await conn.execute(
+            """
+            INSERT INTO infer.study_files (study_id, file_id, kind, job_id)
+            VALUES (%s, %s, %s, %s) ON CONFLICT (study_id, file_id) DO NOTHING
+            """,
+            (job.study_id, job.file_id, job.kind, job.job_id),
+        )
+
+
+async def lock_study_progress(conn: Connection, study_id: str) -> StudyProgress | None:
+    """Lock the study's row and read how far it is (see results.StudyProgress)."""
+    cur = await conn.execute(
+        "SELECT expected_files, announced_results FROM infer.studies "
+        "WHERE study_id = %s FOR UPDATE",
+        (study_id,),
+    )
+    study = await cur.fetchone()
+    if study is None:
+        return None
+    cur = await conn.execute(
+        """
+        SELECT f.file_id, latest.result_id
+        FROM infer.study_files f
+        LEFT JOIN LATERAL (
+            SELECT r.result_id FROM infer.results r
+            WHERE r.study_id = f.study_id AND r.file_id = f.file_id
+            ORDER BY r.create_time DESC, r.result_id DESC LIMIT 1
+        ) latest ON true
+        WHERE f.study_id = %s
+        ORDER BY f.seen_time, f.file_id
+        """,
+        (study_id,),
+    )
+    rows = await cur.fetchall()
+    return StudyProgress(
+        expected_files=int(study["expected_files"]),
+        announced_results=int(study["announced_results"]),
+        seen_files=len(rows),
+        result_ids=tuple(str(r["result_id"]) for r in rows if r["result_id"] is not None),
+    )
+
+
+async def mark_study_announced(conn: Connection, study_id: str, results: int) -> None:
+    """Record that StudyResultsReady went out with `results` results."""
+    await conn.execute(
+        "UPDATE infer.studies SET announced_results = %s, announce_time = now() "
+        "WHERE study_id = %s",
+        (results, study_id),
+    )
+
+
+# ------------------------------------------------------------------ failures, dead letters
+
+
+async def record_failure(
+    conn: Connection, job_id: str, clinic_id: str, attempts: int, error: str
+) -> datetime:
+    """Count a failed attempt; returns the job's first failure time."""
+    cur = await conn.execute(
+        """
+        INSERT INTO infer.job_failures
+            (job_id, clinic_id, attempts, first_failure_time, last_failure_time, last_error)
+        VALUES (%s, %s, %s, now(), now(), %s)
+        ON CONFLICT (job_id) DO UPDATE
+        SET attempts = EXCLUDED.attempts, last_failure_time = now(),
+            last_error = EXCLUDED.last_error
+        RETURNING first_failure_time
+        """,
+        (job_id, clinic_id, attempts, error[:2000]),
+    )
+    row = await cur.fetchone()
+    assert row is not None  # INSERT .. RETURNING always returns the row
+    return row["first_failure_time"]
+
+
+async def failure_attempts(conn: Connection, job_id: str) -> int:
+    """How many attempts of a job failed (0 when none did)."""
+    cur = await conn.execute("SELECT attempts FROM infer.job_failures WHERE job_id = %s", (job_id,))
+    row = await cur.fetchone()
+    return int(row["attempts"]) if row else 0
+
+
+@dataclass(frozen=True)
+class DeadLetterRow:
+    """One indexed dead letter."""
+
+    dead_letter_id: str
+    stream_sequence: int
+    subject: str
+    clinic_id: str
+    payload: bytes
+    error: str
+    attempts: int
+    first_failure_time: datetime
+    last_failure_time: datetime
+    msg_id: str
+    headers: dict[str, str]
+    replay_time: datetime | None
+
+
+def _dead_letter(row: Mapping[str, Any]) -> DeadLetterRow:
+    return DeadLetterRow(
+        dead_letter_id=str(row["dead_letter_id"]),
+        stream_sequence=int(row["stream_sequence"]),
+        subject=row["subject"],
+        clinic_id=row["clinic_id"],
+        payload=bytes(row["payload"]),
+        error=row["error"],
+        attempts=int(row["attempts"]),
+        first_failure_time=row["first_failure_time"],
+        last_failure_time=row["last_failure_time"],
+        msg_id=row["msg_id"],
+        headers=dict(row["headers"]),
+        replay_time=row["replay_time"],
+    )
+
+
+async def index_dead_letter(conn: Connection, letter: DeadLetterRow) -> bool:
+    """Add a dead letter to the index; False when its stream sequence is there already."""
+    cur = await conn.execute(
+        """
+        INSERT INTO infer.dead_letters
+            (dead_letter_id, stream_sequence, subject, clinic_id, payload, error, attempts,
+             first_failure_time, last_failure_time, msg_id, headers)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (stream_sequence) DO NOTHING
+        RETURNING dead_letter_id
+        """,
+        (
+            uuid.UUID(letter.dead_letter_id),
+            letter.stream_sequence,
+            letter.subject,
+            letter.clinic_id,
+            letter.payload,
+            letter.error,
+            letter.attempts,
+            letter.first_failure_time,
+            letter.last_failure_time,
+            letter.msg_id,
+            Jsonb(letter.headers),
+        ),
+    )
+    return await cur.fetchone() is not None
+
+
+async def list_dead_letters(
+    conn: Connection,
+    clinic_id: str,
+    subject: str,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[DeadLetterRow]:
+    """The clinic's dead letters, newest failure first, optionally of one subject."""
+    conditions = ["clinic_id = %s"]
+    params: list[Any] = [clinic_id]
+    if subject:
+        conditions.append("subject = %s")
+        params.append(subject)
+    if after is not None:
+        conditions.append("(last_failure_time, dead_letter_id) < (%s, %s)")
+        params.extend(after)
+    params.append(limit)
+    cur = await conn.execute(
+        "SELECT * FROM infer.dead_letters WHERE "  # noqa: S608 - conditions are constants
+        + " AND ".join(conditions)
+        + " ORDER BY last_failure_time DESC, dead_letter_id DESC LIMIT %s",
+        params,
+    )
+    return [_dead_letter(r) for r in await cur.fetchall()]
+
+
+async def lock_dead_letter(
+    conn: Connection, clinic_id: str, dead_letter_id: uuid.UUID
+) -> DeadLetterRow | None:
+    """One of the clinic's dead letters, locked for a replay."""
+    cur = await conn.execute(
+        "SELECT * FROM infer.dead_letters WHERE dead_letter_id = %s AND clinic_id = %s FOR UPDATE",
+        (dead_letter_id, clinic_id),
+    )
+    row = await cur.fetchone()
+    return _dead_letter(row) if row else None
+
+
+async def mark_replayed(conn: Connection, dead_letter_id: uuid.UUID) -> datetime:
+    """Set a dead letter's replay time; returns it."""
+    cur = await conn.execute(
+        "UPDATE infer.dead_letters SET replay_time = now() WHERE dead_letter_id = %s "
+        "RETURNING replay_time",
+        (dead_letter_id,),
+    )
+    row = await cur.fetchone()
+    assert row is not None  # the row was locked by the caller
+    return row["replay_time"]
+
+
+async def forget_failures(conn: Connection, job_id: str) -> None:
+    """A replayed job starts its attempts afresh."""
+    await conn.execute("DELETE FROM infer.job_failures WHERE job_id = %s", (job_id,))

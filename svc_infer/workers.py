@@ -1,0 +1,305 @@
+"""The JetStream workers: durable pull consumers of image and text inference jobs.
+
+Each consumer fetches micro-batches (up to `batch_size` jobs, or whatever arrived within
+`batch_wait_ms` of the first), routes every study to its model version (sticky per study),
+skips jobs whose file + version already has a result (a redelivery after a lost ack), sends
+ONE Predict per version, and commits results with their events before acking. Up to
+`concurrency` batches are in flight, so one batch's downloads and preprocessing overlap the
+model server's work on another.
+
+Failures are per job: an attempt that fails is counted and nak'ed with a delay
+(`retry_backoff_s`); the attempt that reaches the consumer's `max_deliver` is wrapped in a
+dead-letter envelope, published on `<root>.dlq.<subject>` and terminated. A payload that is
+not an InferenceJob at all is dead-lettered at once: no retry can fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from datetime import datetime
+
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from gen.medmesh.common.v1 import AnalysisKind, FileKind
+from gen.medmesh.events.v1 import InferenceJob
+from medmesh.db import Database
+from medmesh.errors import DomainError
+from medmesh.jetstream import ConsumerSpec, publish_dead_letter
+from medmesh.resources import JetStream
+from svc_infer import metrics, store
+from svc_infer.config import InferConfig
+from svc_infer.pipeline import Delivery, ImagePipeline, Outcome, TextPipeline, describe, queue_ms
+from svc_infer.routing import Registry
+from svc_infer.writer import ResultWriter
+
+log = structlog.get_logger(__name__)
+
+IDLE_FETCH_TIMEOUT_S = 1.0
+STOP_GRACE_S = 10.0
+_DLQ_PUBLISH_TRIES = 5
+_KINDS: dict[AnalysisKind, frozenset[FileKind]] = {
+    AnalysisKind.IMAGE_CLASSIFICATION: frozenset(
+        {FileKind.IMAGE_PNG, FileKind.IMAGE_JPEG, FileKind.IMAGE_DICOM}
+    ),
+    AnalysisKind.TEXT_ANALYSIS: frozenset({FileKind.TEXT_NOTE}),
+}
+
+
+class JobConsumer:
+    """One durable consumer (image or text) and its batch loop."""
+
+    def __init__(
+        self,
+        *,
+        spec: ConsumerSpec,
+        kind: AnalysisKind,
+        model_name: str,
+        jetstream: JetStream,
+        database: Database,
+        registry: Registry,
+        pipeline: ImagePipeline | TextPipeline,
+        writer: ResultWriter,
+        config: InferConfig,
+    ) -> None:
+        self.spec = spec
+        self._kind = kind
+        self._model_name = model_name
+        self._jetstream = jetstream
+        self._database = database
+        self._registry = registry
+        self._pipeline = pipeline
+        self._writer = writer
+        self._config = config
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.batches_handled = 0
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Bind to the durable consumer and run the loop until the stack closes."""
+        self._sub = await self._jetstream.js.pull_subscribe_bind(
+            durable=self.spec.durable, stream=self.spec.stream
+        )
+        self._loop_task = asyncio.create_task(self._run(), name=f"consumer-{self.spec.durable}")
+        stack.push_async_callback(self.stop)
+        log.info("consumer.started", consumer=self.spec.durable, model=self._model_name)
+
+    async def stop(self) -> None:
+        """Stop fetching, let in-flight batches finish (ack) within a grace period."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=STOP_GRACE_S)
+            for task in pending:  # their jobs are redelivered after ack_wait
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _run(self) -> None:
+        slots = asyncio.Semaphore(self._config.concurrency)
+        while True:
+            await slots.acquire()
+            try:
+                messages = await self._next_batch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a NATS hiccup must not end the loop
+                slots.release()
+                log.warning("consumer.fetch_failed", consumer=self.spec.durable, error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            if not messages:
+                slots.release()
+                continue
+            task = asyncio.create_task(self._handle(messages))
+            self._inflight.add(task)
+
+            def done(finished: asyncio.Task[None]) -> None:
+                self._inflight.discard(finished)
+                slots.release()
+
+            task.add_done_callback(done)
+
+    async def _next_batch(self) -> list[Msg]:
+        """Up to batch_size messages: wait for the first, then up to batch_wait_ms for more."""
+        assert self._sub is not None
+        size = self._config.batch_size
+        try:
+            messages = await self._sub.fetch(size, timeout=IDLE_FETCH_TIMEOUT_S)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.batch_wait_ms / 1000.0
+        while len(messages) < size:
+            left = deadline - loop.time()
+            if left < 0.002:
+                break
+            try:
+                messages += await self._sub.fetch(size - len(messages), timeout=left)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+        return messages
+
+    async def _handle(self, messages: Sequence[Msg]) -> None:
+        started = time.time()
+        deliveries: list[Delivery] = []
+        for msg in messages:
+            delivery = await self._accept(msg, started)
+            if delivery is not None:
+                deliveries.append(delivery)
+        with contextlib.suppress(Exception):
+            metrics.QUEUE_PENDING.labels(self.spec.durable).set(messages[-1].metadata.num_pending)
+        if not deliveries:
+            return
+        try:
+            outcomes = await self._process(deliveries)
+        except Exception as exc:
+            if not isinstance(exc, DomainError):
+                log.exception("consumer.batch_failed", consumer=self.spec.durable)
+            outcomes = [Outcome(d, error=describe(exc)) for d in deliveries]
+        await self._settle(outcomes)
+        self.batches_handled += 1
+
+    async def _accept(self, msg: Msg, started: float) -> Delivery | None:
+        """Decode a job; a payload that can never be processed is dead-lettered now."""
+        try:
+            job = InferenceJob.FromString(msg.data)
+            problem = "" if job.kind in _KINDS[self._kind] else f"kind {job.kind!r} is wrong here"
+            if not (job.job_id and job.study_id and job.file_id and job.clinic_id):
+                problem = problem or "job_id, clinic_id, study_id and file_id are required"
+        except Exception as exc:  # noqa: BLE001 - any parse failure means "not a job"
+            job, problem = InferenceJob(), f"undecodable InferenceJob: {exc}"
+        if problem:
+            await self._dead_letter(msg, job, problem, None)
+            return None
+        delivery = Delivery(msg, job, int(msg.metadata.num_delivered), started)
+        metrics.QUEUE_WAIT_SECONDS.labels(self.spec.durable).observe(queue_ms(delivery) / 1e3)
+        return delivery
+
+    async def _process(self, deliveries: list[Delivery]) -> list[Outcome]:
+        async with self._database.transaction() as conn:
+            await store.note_jobs_seen(
+                conn,
+                [
+                    store.SeenJob(
+                        d.job.clinic_id,
+                        d.job.study_id,
+                        d.job.file_id,
+                        int(d.job.kind),
+                        d.job.job_id,
+                        d.job.study_file_count,
+                    )
+                    for d in deliveries
+                ],
+            )
+        model, assignments = await self._registry.route(
+            self._model_name, self._kind, [(d.job.study_id, d.job.clinic_id) for d in deliveries]
+        )
+        for delivery in deliveries:
+            assignment = assignments[delivery.job.study_id]
+            delivery.version, delivery.arm = assignment.version, assignment.arm
+        async with self._database.read_connection() as conn:
+            done = await store.existing_results(
+                conn, [(d.job.file_id, model.name, d.version) for d in deliveries]
+            )
+        outcomes: list[Outcome] = []
+        by_version: dict[int, list[Delivery]] = defaultdict(list)
+        for delivery in deliveries:
+            if (delivery.job.file_id, model.name, delivery.version) in done:
+                outcomes.append(Outcome(delivery))  # processed before; the ack was lost
+            else:
+                by_version[delivery.version].append(delivery)
+        for version, group in sorted(by_version.items()):
+            try:
+                outcomes += await self._pipeline.run(model, version, group)
+            except Exception as exc:  # noqa: BLE001 - the group fails; other versions go on
+                log.warning(
+                    "consumer.predict_failed",
+                    model=model.name,
+                    version=version,
+                    error=describe(exc),
+                )
+                outcomes += [Outcome(d, error=describe(exc)) for d in group]
+        drafts = [o.draft for o in outcomes if o.draft is not None]
+        try:
+            await self._writer.commit(drafts)
+        except Exception as exc:  # noqa: BLE001 - nothing was stored: retry every draft
+            log.warning("consumer.commit_failed", error=describe(exc))
+            outcomes = [
+                Outcome(o.delivery, error=describe(exc)) if o.draft is not None else o
+                for o in outcomes
+            ]
+        return outcomes
+
+    async def _settle(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            try:
+                if outcome.error:
+                    await self._fail(outcome.delivery, outcome.error)
+                else:
+                    await outcome.delivery.msg.ack()
+            except Exception as exc:  # noqa: BLE001 - JetStream redelivers after ack_wait
+                log.warning(
+                    "consumer.settle_failed", job=outcome.delivery.job.job_id, error=str(exc)
+                )
+
+    async def _fail(self, delivery: Delivery, error: str) -> None:
+        metrics.JOB_FAILURES.labels(self.spec.durable).inc()
+        first_failure: datetime | None = None
+        try:
+            async with self._database.transaction() as conn:
+                first_failure = await store.record_failure(
+                    conn, delivery.job.job_id, delivery.job.clinic_id, delivery.attempt, error
+                )
+        except Exception as exc:  # noqa: BLE001 - counting is best effort; the retry is not
+            log.warning("consumer.failure_not_recorded", error=str(exc))
+        log.info(
+            "consumer.job_failed",
+            consumer=self.spec.durable,
+            job=delivery.job.job_id,
+            attempt=delivery.attempt,
+            error=error,
+        )
+        if delivery.attempt >= self.spec.max_deliver:
+            await self._dead_letter(delivery.msg, delivery.job, error, first_failure)
+            return
+        delays = self._config.retry_backoff_s
+        await delivery.msg.nak(delay=delays[min(delivery.attempt, len(delays)) - 1])
+
+    async def _dead_letter(
+        self, msg: Msg, job: InferenceJob, error: str, first_failure: datetime | None
+    ) -> None:
+        for attempt in range(_DLQ_PUBLISH_TRIES):
+            try:
+                await publish_dead_letter(
+                    self._jetstream.js,
+                    self._jetstream.topology,
+                    msg,
+                    error,
+                    clinic_id=job.clinic_id,
+                    first_failure_time=first_failure,
+                )
+                break
+            except DomainError as exc:  # NATS unavailable: keep the job until it is back
+                log.warning("consumer.dead_letter_failed", error=str(exc), attempt=attempt)
+                await asyncio.sleep(2**attempt)
+        else:
+            await msg.nak(delay=self._config.retry_backoff_s[-1])
+            return
+        await msg.term()
+        metrics.DEAD_LETTERS.labels(self.spec.durable).inc()
+        log.warning(
+            "consumer.dead_lettered", consumer=self.spec.durable, job=job.job_id, error=error
+        )

@@ -1,0 +1,150 @@
+"""Storing results: rows, audit records and events in ONE transaction, then the cache.
+
+For each new result the transaction also writes a `ResultReady` outbox row and an audit
+event (which model version produced which result); for each study in the batch it takes the
+study's row lock, and when every known file now has a result it writes `StudyResultsReady`.
+The outbox relay publishes after the commit, so an event is never announced for a result
+that was rolled back, and never lost for one that was committed. The job is acked only after
+this commit returns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from gen.medmesh.events.v1 import (
+    InferenceFailed,
+    InferenceJob,
+    ResultReady,
+    StudyResultsReady,
+)
+from medmesh.audit import Actor, record_audit_event
+from medmesh.db import Connection, Database
+from medmesh.jetstream import Topology
+from medmesh.outbox import Outbox
+from svc_infer import metrics, store
+from svc_infer.cache import ResultCache
+from svc_infer.convert import result_name, result_to_proto
+from svc_infer.results import ResultDraft, StoredResult
+
+WORKER_ACTOR = Actor("svc_infer", ("service",))
+RESULTS_READY_STATUS = "results_ready"
+
+
+class ResultWriter:
+    """Commits result drafts with their events; caches what was stored."""
+
+    def __init__(
+        self, database: Database, outbox: Outbox, topology: Topology, cache: ResultCache
+    ) -> None:
+        self._database = database
+        self._outbox = outbox
+        self._topology = topology
+        self._cache = cache
+
+    async def commit(self, drafts: Sequence[ResultDraft]) -> list[StoredResult]:
+        """Store the drafts (a draft whose file + version has a result already is skipped),
+        announce results and completed studies, then cache. Returns the new results."""
+        if not drafts:
+            return []
+        stored: list[StoredResult] = []
+        async with self._database.transaction() as conn:
+            for draft in sorted(drafts, key=lambda d: (d.study_id, d.file_id)):
+                row = await store.insert_result(conn, draft)
+                if row is None:
+                    continue  # a redelivery: the first delivery stored it
+                stored.append(row)
+                await self._announce_result(conn, row)
+            for study_id in sorted({d.study_id for d in drafts}):
+                await self._announce_study_if_complete(conn, study_id, drafts)
+        for row in stored:
+            d = row.draft
+            labels = (d.model_name, str(d.model_version), d.arm.name.lower())
+            metrics.RESULTS.labels(*labels).inc()
+            metrics.JOB_SECONDS.labels(*labels).observe(d.timings.total_ms / 1000.0)
+        await self._cache.put_results([result_to_proto(r) for r in stored])
+        return stored
+
+    async def _announce_result(self, conn: Connection, row: StoredResult) -> None:
+        draft = row.draft
+        event_id = uuid.uuid4()
+        event = ResultReady(
+            event_id=str(event_id),
+            job_id=draft.job_id,
+            clinic_id=draft.clinic_id,
+            study_id=draft.study_id,
+            file_id=draft.file_id,
+            result_id=row.result_id,
+            kind=draft.kind,
+            model_name=f"models/{draft.model_name}",
+            model_version=draft.model_version,
+            event_time=row.create_time,
+        )
+        await self._outbox.enqueue(
+            conn, self._topology.result_ready_subject, event, msg_id=event_id
+        )
+        await record_audit_event(
+            conn,
+            clinic_id=draft.clinic_id,
+            actor=WORKER_ACTOR,
+            action="result.store",
+            resource=result_name(draft.study_id, row.result_id),
+            study_id=draft.study_id,
+            detail={
+                "file_id": draft.file_id,
+                "job_id": draft.job_id,
+                "model": draft.model_name,
+                "model_version": draft.model_version,
+                "arm": draft.arm.name.lower(),
+                "preprocessing_version": draft.preprocessing_version,
+            },
+        )
+
+    async def _announce_study_if_complete(
+        self, conn: Connection, study_id: str, drafts: Sequence[ResultDraft]
+    ) -> None:
+        progress = await store.lock_study_progress(conn, study_id)
+        if progress is None or not progress.newly_complete():
+            return
+        clinic_id = next(d.clinic_id for d in drafts if d.study_id == study_id)
+        event_id = uuid.uuid4()
+        event = StudyResultsReady(
+            event_id=str(event_id),
+            clinic_id=clinic_id,
+            study_id=study_id,
+            result_ids=list(progress.result_ids),
+            event_time=datetime.now(UTC),
+        )
+        await self._outbox.enqueue(
+            conn,
+            self._topology.study_event_subject(RESULTS_READY_STATUS),
+            event,
+            msg_id=event_id,
+        )
+        await store.mark_study_announced(conn, study_id, len(progress.result_ids))
+
+
+async def announce_failure(
+    conn: Connection,
+    outbox: Outbox,
+    topology: Topology,
+    job: InferenceJob,
+    error: str,
+    attempts: int,
+    failed_at: datetime,
+) -> None:
+    """Write `InferenceFailed` for a job that was dead-lettered (in the caller's transaction)."""
+    event_id = uuid.uuid4()
+    event = InferenceFailed(
+        event_id=str(event_id),
+        job_id=job.job_id,
+        clinic_id=job.clinic_id,
+        study_id=job.study_id,
+        file_id=job.file_id,
+        error=error,
+        attempts=attempts,
+        event_time=failed_at,
+    )
+    await outbox.enqueue(conn, topology.result_failed_subject, event, msg_id=event_id)
