@@ -9,8 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 SERVICES: tuple[str, ...] = ("auth", "ingest", "infer", "report")
+
+T = TypeVar("T")
 
 
 class SettingsError(ValueError):
@@ -111,3 +114,40 @@ class Settings:
             raise SettingsError(
                 f"{self.service} needs {variables}; set it, or start the stack with `medmesh up`"
             )
+
+
+def _parse_field(annotation: str, raw: str) -> object:
+    """One variable's text as the type its dataclass field declares (string annotations)."""
+    if annotation == "str":
+        return raw
+    if annotation == "bool":
+        if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+            raise ValueError(raw)
+        return raw.lower() in {"1", "true", "yes"}
+    if annotation in {"int", "float"}:
+        return int(raw) if annotation == "int" else float(raw)
+    if annotation.startswith("tuple["):
+        item = annotation.removeprefix("tuple[").split(",")[0].strip()
+        return tuple(_parse_field(item, part.strip()) for part in raw.split(",") if part.strip())
+    raise TypeError(f"no parser for a setting of type {annotation}")
+
+
+def config_from_env(cls: type[T], environ: Mapping[str, str], prefix: str) -> T:
+    """A service's frozen config dataclass from `<prefix><FIELD>` variables.
+
+    Each field is read from `prefix + field.upper()` (e.g. MEDMESH_INFER_BATCH_SIZE) and parsed
+    by its annotation (`str`, `int`, `float`, `bool`, `tuple[float, ...]`, `tuple[str, ...]`:
+    comma-separated); unset or empty variables keep the field's default. A value that does not
+    parse raises SettingsError naming the variable, so a typo fails the start, not a request.
+    """
+    values: dict[str, object] = {}
+    for item in fields(cls):  # type: ignore[arg-type]
+        name = f"{prefix}{item.name.upper()}"
+        raw = environ.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            values[item.name] = _parse_field(str(item.type), raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a valid {item.type}") from None
+    return cls(**values)

@@ -7,10 +7,9 @@ Read once at start-up from `Settings.extra`; tests build `InferConfig(...)` dire
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
-from medmesh.settings import SettingsError
+from medmesh.settings import SettingsError, config_from_env
 
 
 @dataclass(frozen=True)
@@ -53,21 +52,4 @@ class InferConfig:
     @classmethod
     def from_extra(cls, extra: Mapping[str, str]) -> InferConfig:
         """Parse `Settings.extra` (the MEDMESH_INFER_* variables); unset ones keep defaults."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f"MEDMESH_INFER_{f.name.upper()}"
-            raw = extra.get(name, "").strip()
-            if not raw:
-                continue
-            try:
-                if f.name == "retry_backoff_s":
-                    values[f.name] = tuple(float(x) for x in raw.split(",") if x.strip())
-                elif f.type in {"str"}:
-                    values[f.name] = raw
-                elif f.type in {"float"}:
-                    values[f.name] = float(raw)
-                else:
-                    values[f.name] = int(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number") from None
-        return cls(**values)
+        return config_from_env(cls, extra, "MEDMESH_INFER_")

@@ -5,10 +5,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
-from medmesh.settings import SettingsError
+from medmesh.settings import SettingsError, config_from_env
 
 
 @dataclass(frozen=True)
@@ -54,21 +53,4 @@ class ReportConfig:
     @classmethod
     def from_extra(cls, extra: Mapping[str, str]) -> ReportConfig:
         """Parse `Settings.extra` (the MEDMESH_REPORT_* variables); unset ones keep defaults."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f"MEDMESH_REPORT_{f.name.upper()}"
-            raw = extra.get(name, "").strip()
-            if not raw:
-                continue
-            try:
-                if f.name == "retry_backoff_s":
-                    values[f.name] = tuple(float(x) for x in raw.split(",") if x.strip())
-                elif f.type == "str":
-                    values[f.name] = raw
-                elif f.type == "float":
-                    values[f.name] = float(raw)
-                else:
-                    values[f.name] = int(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number") from None
-        return cls(**values)
+        return config_from_env(cls, extra, "MEDMESH_REPORT_")
