@@ -11,21 +11,18 @@ so a second replay of the same letter is FAILED_PRECONDITION.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Self
 
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from gen.medmesh.events.v1 import DeadLetterEnvelope, InferenceJob
+from medmesh.consumers import PullConsumer
 from medmesh.db import Database
 from medmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from medmesh.jetstream import MSG_ID_HEADER, publish_message
@@ -77,14 +74,10 @@ class DeadLetterIndexer:
         self._jetstream = jetstream
         self._database = database
         self._outbox = outbox
-        self._task: asyncio.Task[None] | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
-
-    async def start(self, stack: AsyncExitStack) -> None:
-        """Declare the index consumer (idempotent) and run it until the stack closes."""
-        topology = self._jetstream.topology
-        js = self._jetstream.js
-        await js.add_consumer(
+        topology = jetstream.topology
+        # A batch that fails (the database) is left unacked: redelivered after ack_wait.
+        self._consumer = PullConsumer(
+            jetstream.js,
             topology.dlq_stream,
             ConsumerConfig(
                 durable_name=INDEX_CONSUMER,
@@ -93,41 +86,18 @@ class DeadLetterIndexer:
                 ack_wait=30.0,
                 max_ack_pending=1000,
             ),
+            self.index,
+            name="dlq-indexer",
+            batch_size=_INDEX_BATCH,
         )
-        sub = await js.pull_subscribe_bind(durable=INDEX_CONSUMER, stream=topology.dlq_stream)
-        self._sub = sub
-        self._task = asyncio.create_task(self._run(sub), name="dlq-indexer")
-        stack.push_async_callback(self.stop)
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Declare the index consumer (idempotent) and run it until the stack closes."""
+        await self._consumer.start(stack)
 
     async def stop(self) -> None:
         """Stop indexing; unacked letters are indexed by the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._sub is not None:
-            # A pull subscription left open makes the connection's drain wait its timeout.
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-
-    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        while True:
-            try:
-                messages = await sub.fetch(_INDEX_BATCH, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep indexing after an outage
-                log.warning("dlq_index.fetch_failed", error=str(exc))
-                await asyncio.sleep(1.0)
-                continue
-            try:
-                await self.index(messages)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - unacked: redelivered after ack_wait
-                log.warning("dlq_index.failed", error=str(exc))
+        await self._consumer.stop()
 
     async def index(self, messages: Sequence[Msg]) -> None:
         """Index a batch of DLQ messages in one transaction, then ack them."""

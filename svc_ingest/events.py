@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -24,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from gen.medmesh.events.v1 import InferenceFailed, ReportReady, ResultReady, StudyStatusChanged
+from medmesh.consumers import PullConsumer
 from medmesh.db import Database
 from medmesh.jetstream import decode_message
 from svc_ingest import store
@@ -39,7 +40,6 @@ class StatusConsumer:
 
     def __init__(self, database: Database, js: JetStreamContext, events: StudyEvents) -> None:
         self._database = database
-        self._js = js
         self._events = events
         topology = events.topology
         self._handlers: dict[str, tuple[type[Any], Callable[..., Awaitable[None]]]] = {
@@ -47,13 +47,8 @@ class StatusConsumer:
             topology.result_failed_subject: (InferenceFailed, events.on_inference_failed),
             topology.report_ready_subject: (ReportReady, events.on_report_ready),
         }
-        self._task: asyncio.Task[None] | None = None
-        self._subscription: Any = None
-
-    async def start(self, stack: AsyncExitStack) -> None:
-        """Declare the durable consumer and start pulling; stopped by `stack`."""
-        topology = self._events.topology
-        await self._js.add_consumer(
+        self._consumer = PullConsumer(
+            js,
             topology.events_stream,
             ConsumerConfig(
                 durable_name=STATUS_CONSUMER,
@@ -62,39 +57,21 @@ class StatusConsumer:
                 max_deliver=10,
                 filter_subjects=sorted(self._handlers),
             ),
+            self._apply_batch,
+            batch_size=32,
         )
-        subscription = await self._js.pull_subscribe_bind(
-            STATUS_CONSUMER, stream=topology.events_stream
-        )
-        self._subscription = subscription
-        self._task = asyncio.create_task(self._run(subscription), name="ingest-status-consumer")
-        stack.push_async_callback(self.stop)
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Declare the durable consumer and start pulling; stopped by `stack`."""
+        await self._consumer.start(stack)
 
     async def stop(self) -> None:
         """Stop pulling; unacked events are redelivered to the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._subscription is not None:
-            # An unsubscribed pull subscription leaves nothing for nc.drain() to wait on.
-            with contextlib.suppress(Exception):
-                await self._subscription.unsubscribe()
+        await self._consumer.stop()
 
-    async def _run(self, subscription: Any) -> None:
-        while True:
-            try:
-                messages = await subscription.fetch(batch=32, timeout=1.0)
-            except TimeoutError:  # nats.errors.TimeoutError too: nothing to fetch
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep consuming through NATS outages
-                log.warning("status consumer fetch failed", error=str(exc))
-                await asyncio.sleep(1.0)
-                continue
-            for msg in messages:
-                await self._apply(msg)
+    async def _apply_batch(self, messages: Sequence[Msg]) -> None:
+        for msg in messages:
+            await self._apply(msg)
 
     async def _apply(self, msg: Msg) -> None:
         cls, handler = self._handlers.get(msg.subject, (None, None))

@@ -14,17 +14,16 @@ configured delay; on the consumer's last attempt the message is dead-lettered in
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from opentelemetry import propagate, trace
 
+from medmesh.consumers import PullConsumer
 from medmesh.errors import DomainError
 from medmesh.jetstream import ConsumerSpec, Topology, publish_dead_letter
 from medmesh.resources import JetStream
@@ -84,7 +83,8 @@ Handler = Callable[[Msg, Attempt], Awaitable[tuple[Outcome, str]]]
 
 
 class ConsumerLoop:
-    """Fetches from one durable consumer and settles each message by its handler's outcome."""
+    """Settles each message of one durable consumer by its handler's outcome; the fetching is
+    medmesh.consumers.PullConsumer's (batches of `batch`, handled concurrently)."""
 
     def __init__(
         self,
@@ -99,50 +99,27 @@ class ConsumerLoop:
         self._jetstream = jetstream
         self._handler = handler
         self._retry_backoff_s = retry_backoff_s
-        self._batch = batch
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._inflight: asyncio.Task[None] | None = None
+        # A stop while a batch is in hand lets it finish (and ack) within the grace period.
+        self._consumer = PullConsumer(
+            jetstream.js,
+            spec.stream,
+            spec.config(),
+            self._handle_batch,
+            batch_size=batch,
+            fetch_timeout_s=FETCH_TIMEOUT_S,
+            stop_grace_s=STOP_GRACE_S,
+        )
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Declare (idempotent) and bind the durable consumer, run until `stack` closes."""
-        js = self._jetstream.js
-        await js.add_consumer(self.spec.stream, self.spec.config())
-        self._sub = await js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
-        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.spec.durable}")
-        stack.push_async_callback(self.stop)
+        await self._consumer.start(stack)
 
     async def stop(self) -> None:
         """Stop fetching; let the batch in hand finish within a grace period."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        await self._consumer.stop()
 
-    async def _run(self) -> None:
-        assert self._sub is not None
-        while True:
-            try:
-                messages = await self._sub.fetch(self._batch, timeout=FETCH_TIMEOUT_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep consuming through NATS outages
-                log.warning("consumer.fetch_failed", consumer=self.spec.durable, error=str(exc))
-                await asyncio.sleep(1.0)
-                continue
-            # Shielded: a stop while a batch is in hand lets it finish (and ack) first.
-            batch = asyncio.ensure_future(asyncio.gather(*(self._one(m) for m in messages)))
-            try:
-                await asyncio.shield(batch)
-            except asyncio.CancelledError:
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(batch, STOP_GRACE_S)
-                raise
+    async def _handle_batch(self, messages: Sequence[Msg]) -> None:
+        await asyncio.gather(*(self._one(m) for m in messages))
 
     async def _one(self, msg: Msg) -> None:
         try:

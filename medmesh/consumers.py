@@ -1,0 +1,164 @@
+"""A durable JetStream pull consumer run as a background task: declare it, bind it, fetch in a
+loop, hand each batch to the service, and stop cleanly.
+
+Why one place: every service that consumes JetStream needs the same lifecycle, and each copy
+of it had to get the same details right:
+
+- the consumer is declared at start-up (`add_consumer` creates it, accepts an identical config
+  and applies allowed changes), so a fresh deployment needs no separate migration step;
+- the loop outlives NATS outages: a failed fetch is logged and retried after a short pause,
+  and an empty fetch (the timeout) is simply the idle case;
+- a failing handler is logged and the loop goes on; the messages it did not settle are
+  redelivered by the server after the consumer's `ack_wait` (or its `backoff`), so one poison
+  message cannot stop the consumer, nor spin it in a hot loop of immediate redeliveries;
+- `stop()` cancels the loop and unsubscribes: a pull subscription left open makes
+  `nc.drain()` wait its whole drain timeout at shutdown.
+
+What to do with a message (ack, nak with a delay, term, dead-letter) stays with the service: the
+handler receives the fetched messages and settles them itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+
+log = structlog.get_logger(__name__)
+
+BatchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
+"""Processes one fetched batch and settles (acks, naks, terms) its messages."""
+
+FETCH_RETRY_S = 1.0
+"""Pause after a failed fetch (connection lost, JetStream unavailable) before the next one."""
+
+
+class PullConsumer:
+    """One durable pull consumer and the task that feeds its batches to `handle_batch`.
+
+    `batch_size` bounds how many messages one handler call gets; `fetch_timeout_s` is how long
+    an idle fetch waits, which is also how often the loop looks up when nothing arrives.
+    `stop_grace_s` is how long `stop()` lets the batch in hand finish (and settle) before it
+    is cancelled; with 0 it is cancelled at once and its unsettled messages are redelivered
+    after `ack_wait`.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        config: ConsumerConfig,
+        handle_batch: BatchHandler,
+        *,
+        name: str | None = None,
+        batch_size: int = 32,
+        fetch_timeout_s: float = 1.0,
+        stop_grace_s: float = 0.0,
+        fetch_retry_s: float = FETCH_RETRY_S,
+    ) -> None:
+        if not config.durable_name:
+            raise ValueError("a PullConsumer needs a durable consumer: set durable_name")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.durable: str = config.durable_name
+        self.stream = stream
+        self.name = name or self.durable
+        self._js = js
+        self._config = config
+        self._handle_batch = handle_batch
+        self._batch_size = batch_size
+        self._fetch_timeout_s = fetch_timeout_s
+        self._stop_grace_s = stop_grace_s
+        self._fetch_retry_s = fetch_retry_s
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the fetch loop is alive (started, not stopped, not crashed)."""
+        return self._task is not None and not self._task.done()
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Declare the consumer (idempotent), bind to it and start the loop; `stack` stops it.
+
+        Registering on the stack here (not in every caller) is what guarantees the
+        unsubscribe before the connection's drain, which closes later on the same stack.
+        """
+        if self._task is not None:
+            raise RuntimeError(f"consumer {self.name} is already started")
+        await self._js.add_consumer(self.stream, self._config)
+        self._sub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        self._task = asyncio.create_task(self._run(self._sub), name=f"consumer-{self.name}")
+        stack.push_async_callback(self.stop)
+
+    async def stop(self) -> None:
+        """Stop fetching and unsubscribe; safe to call twice. Unacked messages are
+        redelivered to the next start (of this process or another).
+
+        If the caller is cancelled while the batch in hand is finishing, the unsubscribe still
+        happens and the cancellation propagates.
+        """
+        task, sub = self._task, self._sub
+        self._task = self._sub = None
+        try:
+            if task is not None:
+                task.cancel()
+                await _wait_cancelled(task)
+        finally:
+            if sub is not None:
+                # Raises when the connection is already closed or draining: nothing to undo.
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        while True:
+            messages = await self._fetch(sub)
+            if messages:
+                await self._dispatch(messages)
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        try:
+            return await sub.fetch(self._batch_size, timeout=self._fetch_timeout_s)
+        except TimeoutError:  # nats.errors.TimeoutError is one too: nothing arrived
+            return []
+        except Exception as exc:  # noqa: BLE001 - keep consuming through NATS outages
+            log.warning(
+                "consumer.fetch_failed", consumer=self.name, error=str(exc) or type(exc).__name__
+            )
+            await asyncio.sleep(self._fetch_retry_s)
+            return []
+
+    async def _dispatch(self, messages: list[Msg]) -> None:
+        # Shielded, so that stop() can give the batch in hand its grace period to settle.
+        batch = asyncio.ensure_future(self._handle(messages))
+        try:
+            await asyncio.shield(batch)
+        except asyncio.CancelledError:
+            # wait_for cancels the batch (and waits for it) when the grace runs out; with a
+            # grace of 0 it does so at once.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(batch, self._stop_grace_s)
+            raise
+
+    async def _handle(self, messages: list[Msg]) -> None:
+        try:
+            await self._handle_batch(messages)
+        except Exception:  # unsettled messages come back after ack_wait (or backoff)
+            log.exception("consumer.batch_failed", consumer=self.name, messages=len(messages))
+
+
+async def _wait_cancelled(task: asyncio.Task[None]) -> None:
+    """Wait for a cancelled task to end; re-raise only if *our* caller was cancelled too
+    (a bare `suppress(CancelledError)` would swallow that and leave the caller running)."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
