@@ -24,6 +24,7 @@ import structlog
 
 from medmesh.devstack import build_models, local_secrets, mail_sink
 from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies
+from medmesh.launcher._process import die_with_parent
 from medmesh.migrate import migrate_all
 from medmesh.settings import SERVICES
 
@@ -69,6 +70,8 @@ def _spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # A supervisor killed outright (SIGKILL, OOM) must not leave services running.
+            preexec_fn=die_with_parent(signal.SIGTERM),  # noqa: PLW1509 - only calls prctl
         )
     return ServiceProcess(name, process, ready_file, log_file)
 

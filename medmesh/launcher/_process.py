@@ -73,7 +73,7 @@ def packaged_file(distribution: str, file_name: str) -> Path:
     raise FileNotFoundError(f"{file_name} is not among the files of the package {distribution}")
 
 
-def _die_with_parent(death_signal: int) -> Any:
+def die_with_parent(death_signal: int) -> Any:
     """Build a preexec_fn asking the kernel to signal the child when its parent dies, so a
     killed test run or CLI leaves no servers behind. Runs after setuid in the child (the
     kernel clears this setting on credential changes), and only calls one C function."""
@@ -106,7 +106,7 @@ def spawn(
             user=user,
             group=group,
             start_new_session=True,
-            preexec_fn=_die_with_parent(death_signal),  # noqa: PLW1509 - only calls prctl
+            preexec_fn=die_with_parent(death_signal),  # noqa: PLW1509 - only calls prctl
         )
 
 

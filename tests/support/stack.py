@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -61,6 +62,10 @@ def running_stack(tmp_path: Path, model_base_dir: Path) -> Iterator[Stack]:
         yield Stack(process, json.loads(status_file.read_text()), printed, data_dir)
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGINT)  # as a user's Ctrl-C: services stop gracefully
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         process.stdout.close()
