@@ -5,7 +5,7 @@
 DiagnosticReport, Observation and Attachment did not change between R4 (4.0.1) and R4B in
 any element used here, so the R4B models validate what an R4 server expects.
 
-Mapping (docs/report.md has the table):
+Mapping (README, "Reports", has the table):
 - `status` is `preliminary`: an AI result waits for a clinician's review.
 - `subject` is a logical reference by identifier (the clinic's patient reference); medmesh
   holds no Patient resources.

@@ -1,7 +1,7 @@
 """Reading the results a report presents: svc_infer's Redis cache first, then its read model.
 
 The cache is svc_infer's, and its key format is a contract between the two services
-(documented in docs/report.md): `<MEDMESH_SUBJECT_ROOT>:infer:result:<result_id>` holds a
+(documented in README, "Reports"): `<MEDMESH_SUBJECT_ROOT>:infer:result:<result_id>` holds a
 serialized `medmesh.infer.v1.Result`, TTL one hour. The Result message does not carry the
 processed image's object key, so cached image results get theirs from
 `infer.report_results` in one small query; everything else comes from the cache.
