@@ -3,7 +3,8 @@
 No pretrained weights can be downloaded here, so the shipped model is
 `tf.keras.applications.ResNet50(weights=None)`: the real architecture and the real cost per
 image, with seeded random weights, whose scores mean nothing. Its card says `trained: false`;
-a trained SavedModel with the same signature replaces it through the registry (README, "Models and the model server").
+a trained SavedModel with the same signature replaces it through the registry (README,
+"Models and the model server").
 """
 
 from __future__ import annotations
