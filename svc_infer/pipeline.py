@@ -132,6 +132,10 @@ def _draft(
     )
 
 
+_Prepared = tuple[PreparedImage, bytes, float, str]
+"""A preprocessed job: the model input, the processed PNG, preprocessing ms, its key."""
+
+
 def _timed_prepare(
     data: bytes, job: InferenceJob, spec: ImageSpec
 ) -> tuple[PreparedImage, bytes, float]:
@@ -156,7 +160,7 @@ class ImagePipeline:
 
     async def _prepare(
         self, delivery: Delivery, model: Model, spec: ImageSpec
-    ) -> tuple[PreparedImage, float, str]:
+    ) -> tuple[PreparedImage, bytes, float, str]:
         job = delivery.job
         data = await load_file(self._objects, job)
         try:
@@ -165,20 +169,37 @@ class ImagePipeline:
             raise JobFailed(describe(exc)) from exc
         metrics.PREPROCESS_SECONDS.labels("image").observe(elapsed_ms / 1000.0)
         key = f"{job.clinic_id}/{job.study_id}/{job.file_id}/{model.name}-v{delivery.version}.png"
-        await self._objects.put_bytes(PROCESSED_IMAGES, key, png, content_type="image/png")
-        return prepared, elapsed_ms, key
+        return prepared, png, elapsed_ms, key
+
+    async def _store_processed(self, ready: Sequence[tuple[Delivery, _Prepared]]) -> list[str]:
+        """Upload the processed pictures; the error of each upload that failed, else ""."""
+        stored = await asyncio.gather(
+            *(
+                self._objects.put_bytes(PROCESSED_IMAGES, key, png, content_type="image/png")
+                for _, (_, png, _, key) in ready
+            ),
+            return_exceptions=True,
+        )
+        errors = []
+        for item in stored:
+            if isinstance(item, BaseException) and not isinstance(item, Exception):
+                raise item
+            errors.append(describe(item) if isinstance(item, Exception) else "")
+        return errors
 
     async def run(
         self, model: Model, version: int, deliveries: Sequence[Delivery]
     ) -> list[Outcome]:
-        """Process deliveries that share one model version."""
+        """Process deliveries that share one model version. The processed pictures are
+        uploaded while the model server works on the batch, not before: the upload is off
+        the batch's critical path, and a job whose upload fails fails alone, as before."""
         registered = model.version(version)
         spec = image_spec(registered.input_spec)
         prepared = await asyncio.gather(
             *(self._prepare(d, model, spec) for d in deliveries), return_exceptions=True
         )
         outcomes: list[Outcome] = []
-        ready: list[tuple[Delivery, tuple[PreparedImage, float, str]]] = []
+        ready: list[tuple[Delivery, _Prepared]] = []
         for delivery, item in zip(deliveries, prepared, strict=True):
             if isinstance(item, BaseException):
                 if not isinstance(item, Exception):
@@ -188,21 +209,28 @@ class ImagePipeline:
                 ready.append((delivery, item))
         if not ready:
             return outcomes
+        uploads = asyncio.create_task(self._store_processed(ready))
         batch = np.stack([item[0].tensor for _, item in ready])
         ref = ModelRef(model.name, version, registered.input_spec.signature_name)
         output_name = registered.input_spec.output_name
         started = time.perf_counter()
-        outputs, _ = await self._client.predict(
-            ref,
-            {registered.input_spec.input_name: batch},
-            output_filter=[output_name],
-            timeout_s=self._timeout_s,
-        )
-        elapsed = time.perf_counter() - started
+        try:
+            outputs, _ = await self._client.predict(
+                ref,
+                {registered.input_spec.input_name: batch},
+                output_filter=[output_name],
+                timeout_s=self._timeout_s,
+            )
+        finally:
+            elapsed = time.perf_counter() - started
+            upload_errors = await uploads
         metrics.INFERENCE_SECONDS.labels(model.name, str(version)).observe(elapsed)
         metrics.BATCH_SIZE.labels(model.name, str(version)).observe(len(ready))
         scores = outputs[output_name]
-        for index, (delivery, (_, preprocess_ms, key)) in enumerate(ready):
+        for index, (delivery, (_, _, preprocess_ms, key)) in enumerate(ready):
+            if upload_errors[index]:
+                outcomes.append(Outcome(delivery, error=upload_errors[index]))
+                continue
             top = classify_image(scores[index], registered.labels, self._top_k)
             draft = _draft(
                 delivery,

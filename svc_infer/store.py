@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from gen.medmesh.common.v1 import AnalysisKind
 from gen.medmesh.infer.v1 import TrafficArm
+from medmesh.audit import AuditActor
 from medmesh.db import Connection
 from svc_infer.results import ResultDraft, StoredResult, StudyProgress, Timings
 
@@ -66,20 +67,21 @@ async def existing_results(conn: Connection, keys: Iterable[ResultKey]) -> dict[
     }
 
 
-async def insert_result(conn: Connection, draft: ResultDraft) -> StoredResult | None:
-    """Store a result; None when this file + model version has one already (idempotent)."""
-    t = draft.timings
-    cur = await conn.execute(
-        """
-        INSERT INTO infer.results
-            (result_id, job_id, clinic_id, study_id, file_id, kind, model_name, model_version,
-             preprocessing_version, arm, analysis, processed_key,
-             queue_ms, preprocess_ms, inference_ms, total_ms)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT ON CONSTRAINT results_one_per_file_and_version DO NOTHING
-        RETURNING *
-        """,
-        (
+_RESULT_COLUMNS = """
+    result_id, job_id, clinic_id, study_id, file_id, kind, model_name, model_version,
+    preprocessing_version, arm, analysis, processed_key,
+    queue_ms, preprocess_ms, inference_ms, total_ms"""
+
+
+async def insert_results(conn: Connection, drafts: Sequence[ResultDraft]) -> list[StoredResult]:
+    """Store results in one statement; a draft whose file + model version has a result
+    already (a redelivery) is skipped (idempotent). Returns the new rows in draft order."""
+    if not drafts:
+        return []
+    columns: list[list[Any]] = [[] for _ in range(16)]
+    for draft in drafts:
+        t = draft.timings
+        row = (
             uuid.uuid4(),
             draft.job_id,
             draft.clinic_id,
@@ -96,10 +98,32 @@ async def insert_result(conn: Connection, draft: ResultDraft) -> StoredResult | 
             t.preprocess_ms,
             t.inference_ms,
             t.total_ms,
-        ),
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    cur = await conn.execute(
+        f"""
+        INSERT INTO infer.results ({_RESULT_COLUMNS})
+        SELECT {_RESULT_COLUMNS} FROM unnest(
+            %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::smallint[],
+            %s::text[], %s::bigint[], %s::text[], %s::smallint[], %s::jsonb[], %s::text[],
+            %s::float8[], %s::float8[], %s::float8[], %s::float8[]) WITH ORDINALITY
+            AS r({_RESULT_COLUMNS}, position)
+        ORDER BY position
+        ON CONFLICT ON CONSTRAINT results_one_per_file_and_version DO NOTHING
+        RETURNING *
+        """,  # noqa: S608 - the column list is a constant
+        columns,
     )
-    row = await cur.fetchone()
-    return _stored(row) if row else None
+    stored = {
+        (r["file_id"], r["model_name"], int(r["model_version"])): r for r in await cur.fetchall()
+    }
+    ordered = []
+    for draft in drafts:
+        row = stored.pop((draft.file_id, draft.model_name, draft.model_version), None)
+        if row is not None:
+            ordered.append(_stored(row))
+    return ordered
 
 
 async def get_result(
@@ -156,65 +180,124 @@ class SeenJob:
 
 async def note_jobs_seen(conn: Connection, jobs: Sequence[SeenJob]) -> None:
     """Remember the files of each study that jobs were seen for, and the largest announced
-    file count. Studies are locked in id order, as `lock_study` callers do (no deadlocks)."""
+    file count, in two statements. Studies are locked in id order, as `lock_studies` does
+    (no deadlocks)."""
+    studies: dict[str, tuple[str, int]] = {}
+    files: dict[tuple[str, str], SeenJob] = {}
     for job in sorted(jobs, key=lambda j: (j.study_id, j.file_id)):
-        await conn.execute(
-            """
-            INSERT INTO infer.studies (study_id, clinic_id, expected_files)
-            VALUES (%s, %s, %s)
-            ON CONFLICT (study_id) DO UPDATE
-            SET expected_files = GREATEST(infer.studies.expected_files, EXCLUDED.expected_files)
-            """,
-            (job.study_id, job.clinic_id, job.study_file_count),
-        )
-        await conn.execute(
-            """
-            INSERT INTO infer.study_files (study_id, file_id, kind, job_id)
-            VALUES (%s, %s, %s, %s) ON CONFLICT (study_id, file_id) DO NOTHING
-            """,
-            (job.study_id, job.file_id, job.kind, job.job_id),
-        )
-
-
-async def lock_study_progress(conn: Connection, study_id: str) -> StudyProgress | None:
-    """Lock the study's row and read how far it is (see results.StudyProgress)."""
-    cur = await conn.execute(
-        "SELECT expected_files, announced_results FROM infer.studies "
-        "WHERE study_id = %s FOR UPDATE",
-        (study_id,),
+        clinic_id, expected = studies.get(job.study_id, (job.clinic_id, 0))
+        studies[job.study_id] = (clinic_id, max(expected, job.study_file_count))
+        files.setdefault((job.study_id, job.file_id), job)
+    if not studies:
+        return
+    await conn.execute(
+        """
+        INSERT INTO infer.studies (study_id, clinic_id, expected_files)
+        SELECT * FROM unnest(%s::text[], %s::text[], %s::int[]) ORDER BY 1
+        ON CONFLICT (study_id) DO UPDATE
+        SET expected_files = GREATEST(infer.studies.expected_files, EXCLUDED.expected_files)
+        """,
+        (list(studies), [c for c, _ in studies.values()], [n for _, n in studies.values()]),
     )
-    study = await cur.fetchone()
-    if study is None:
-        return None
+    await conn.execute(
+        """
+        INSERT INTO infer.study_files (study_id, file_id, kind, job_id)
+        SELECT * FROM unnest(%s::text[], %s::text[], %s::smallint[], %s::text[]) ORDER BY 1, 2
+        ON CONFLICT (study_id, file_id) DO NOTHING
+        """,
+        (
+            [j.study_id for j in files.values()],
+            [j.file_id for j in files.values()],
+            [j.kind for j in files.values()],
+            [j.job_id for j in files.values()],
+        ),
+    )
+
+
+async def lock_studies(conn: Connection, study_ids: Iterable[str]) -> dict[str, StudyProgress]:
+    """Lock the studies' rows (in id order) and read how far each is (see
+    results.StudyProgress); unknown studies are absent. Two statements for any number."""
+    wanted = sorted(set(study_ids))
+    if not wanted:
+        return {}
+    cur = await conn.execute(
+        "SELECT study_id, expected_files, announced_results FROM infer.studies "
+        "WHERE study_id = ANY(%s::text[]) ORDER BY study_id FOR UPDATE",
+        (wanted,),
+    )
+    studies = {r["study_id"]: r for r in await cur.fetchall()}
+    if not studies:
+        return {}
     cur = await conn.execute(
         """
-        SELECT f.file_id, latest.result_id
+        SELECT f.study_id, f.file_id, latest.result_id
         FROM infer.study_files f
         LEFT JOIN LATERAL (
             SELECT r.result_id FROM infer.results r
             WHERE r.study_id = f.study_id AND r.file_id = f.file_id
             ORDER BY r.create_time DESC, r.result_id DESC LIMIT 1
         ) latest ON true
-        WHERE f.study_id = %s
-        ORDER BY f.seen_time, f.file_id
+        WHERE f.study_id = ANY(%s::text[])
+        ORDER BY f.study_id, f.seen_time, f.file_id
         """,
-        (study_id,),
+        (list(studies),),
     )
-    rows = await cur.fetchall()
-    return StudyProgress(
-        expected_files=int(study["expected_files"]),
-        announced_results=int(study["announced_results"]),
-        seen_files=len(rows),
-        result_ids=tuple(str(r["result_id"]) for r in rows if r["result_id"] is not None),
-    )
+    files: dict[str, list[Any]] = {study_id: [] for study_id in studies}
+    for row in await cur.fetchall():
+        files[row["study_id"]].append(row["result_id"])
+    return {
+        study_id: StudyProgress(
+            expected_files=int(study["expected_files"]),
+            announced_results=int(study["announced_results"]),
+            seen_files=len(files[study_id]),
+            result_ids=tuple(str(r) for r in files[study_id] if r is not None),
+        )
+        for study_id, study in studies.items()
+    }
 
 
-async def mark_study_announced(conn: Connection, study_id: str, results: int) -> None:
-    """Record that StudyResultsReady went out with `results` results."""
+async def mark_studies_announced(conn: Connection, announced: Mapping[str, int]) -> None:
+    """Record that StudyResultsReady went out for each study with that many results."""
+    if not announced:
+        return
     await conn.execute(
-        "UPDATE infer.studies SET announced_results = %s, announce_time = now() "
-        "WHERE study_id = %s",
-        (results, study_id),
+        """
+        UPDATE infer.studies s SET announced_results = a.results, announce_time = now()
+        FROM unnest(%s::text[], %s::int[]) AS a(study_id, results)
+        WHERE s.study_id = a.study_id
+        """,
+        (list(announced), list(announced.values())),
+    )
+
+
+async def record_audit_events(
+    conn: Connection,
+    actor: AuditActor,
+    action: str,
+    events: Sequence[tuple[str, str, str, Mapping[str, Any]]],
+) -> None:
+    """`medmesh.audit.record_audit_event` for many (clinic, resource, study, detail) of one
+    actor and action, in one statement (the ids are not needed here)."""
+    if not events:
+        return
+    await conn.execute(
+        """
+        INSERT INTO audit.events
+            (clinic_id, actor_user_id, actor_roles, action, resource, study_id, detail)
+        SELECT e.clinic_id, %s, %s::text[], %s, e.resource, e.study_id, e.detail
+        FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[])
+            WITH ORDINALITY AS e(clinic_id, resource, study_id, detail, position)
+        ORDER BY e.position
+        """,
+        (
+            actor.user_id,
+            list(actor.roles),
+            action,
+            [e[0] for e in events],
+            [e[1] for e in events],
+            [e[2] for e in events],
+            [Jsonb(dict(e[3])) for e in events],
+        ),
     )
 
 

@@ -4,7 +4,9 @@
 Production points it at TF Serving; locally it talks to the project's own model server,
 which implements the same messages, so this code is identical in both places. Tensors are
 converted to and from `TensorProto` here with numpy (`tensor_content` bytes), not with
-`tf.make_tensor_proto`, so the hot path never enters TensorFlow's Python layer.
+`tf.make_tensor_proto`, so the hot path never enters TensorFlow's Python layer; Predict
+requests are framed around the arrays' own bytes (`encode_predict_request`), not copied into
+protobuf messages.
 
 Errors: UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED / ABORTED / CANCELLED mean the
 server cannot answer now → `DependencyUnavailable("model-server")` (the job is retried);
@@ -35,6 +37,7 @@ DEFAULT_TIMEOUT_S = 30.0
 # Batched image requests are large (8 x 224 x 224 x 3 float32 = 4.8 MB), over gRPC's 4 MiB
 # default; TF Serving itself accepts up to 2 GiB.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 _TRANSIENT = frozenset(
     {
@@ -104,6 +107,63 @@ def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, tensor_content=little.tobytes())
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if not value:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def _length_delimited(field: int, payload_size: int) -> bytes:
+    """The tag and length that precede a length-delimited field of `payload_size` bytes."""
+    return _varint(field << 3 | 2) + _varint(payload_size)
+
+
+def encode_predict_request(
+    model: ModelRef, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
+) -> list[bytes | memoryview]:
+    """A serialized PredictRequest as pieces to join, each input's values referenced from
+    its (contiguous, little-endian) array instead of copied.
+
+    Building the message with protobuf copies every tensor three times (`tobytes`, the
+    `tensor_content` field, `CopyFrom` into the map) and once more to serialize: about 10 ms
+    per batch of eight 224x224 images, on the CPUs the model needs. Protobuf's wire format
+    lets a message be written as the concatenation of its fields, and a map as repeated
+    (key, value) entries, so the small parts are serialized by protobuf and each tensor's
+    bytes are framed here (`TensorProto.tensor_content`, field 4). The result parses to the
+    same message as `to_tensor_proto` would build.
+    """
+    head = predict_pb2.PredictRequest(model_spec=model.spec(), output_filter=list(output_filter))
+    pieces: list[bytes | memoryview] = [head.SerializeToString()]
+    for name, given in inputs.items():
+        native = np.ascontiguousarray(given)
+        try:
+            dtype = _DTYPES[native.dtype]
+        except KeyError:
+            raise ValueError(f"unsupported dtype {native.dtype}") from None
+        array = native.astype(native.dtype.newbyteorder("<"), copy=False)
+        content = memoryview(array.reshape(-1).view(np.uint8))
+        shape = tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape]
+        )
+        meta = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape).SerializeToString()
+        tensor_size = len(meta) + len(_length_delimited(4, len(content))) + len(content)
+        key = name.encode()
+        key_field = _length_delimited(1, len(key)) + key
+        value_head = _length_delimited(2, tensor_size)
+        entry_size = len(key_field) + len(value_head) + tensor_size
+        pieces += [
+            _length_delimited(2, entry_size) + key_field + value_head + meta,
+            _length_delimited(4, len(content)),
+            content,
+        ]
+    return pieces
+
+
 def from_tensor_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """TensorProto → numpy array, from `tensor_content` or the typed value field; strings
     come back as an object array of bytes."""
@@ -152,6 +212,12 @@ class TFServingClient:
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        # Predict with a request already serialized in pieces (see encode_predict_request).
+        self._predict_raw = channel.unary_unary(
+            PREDICT_METHOD,
+            request_serializer=b"".join,
+            response_deserializer=predict_pb2.PredictResponse.FromString,
+        )
         self._models = model_service_pb2_grpc.ModelServiceStub(channel)
         self._timeout_s = timeout_s
 
@@ -164,12 +230,9 @@ class TFServingClient:
         timeout_s: float | None = None,
     ) -> tuple[dict[str, np.ndarray], int]:
         """One Predict call; returns the outputs by name and the version that served it."""
-        request = predict_pb2.PredictRequest(model_spec=model.spec())
-        for name, array in inputs.items():
-            request.inputs[name].CopyFrom(to_tensor_proto(array))
-        request.output_filter.extend(output_filter)
+        request = encode_predict_request(model, inputs, output_filter)
         try:
-            response = await self._prediction.Predict(request, timeout=timeout_s or self._timeout_s)
+            response = await self._predict_raw(request, timeout=timeout_s or self._timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, f"Predict {model.name}/{model.version}") from exc
         outputs = {name: from_tensor_proto(t) for name, t in response.outputs.items()}

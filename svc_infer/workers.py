@@ -94,15 +94,17 @@ class JobConsumer:
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight batches finish (ack) within a grace period."""
+        # Every wait is bounded: a task that swallows its cancellation (a client library
+        # catching CancelledError) must not keep the service from shutting down.
         if self._loop_task is not None:
             self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await asyncio.wait({self._loop_task}, timeout=STOP_GRACE_S)
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=STOP_GRACE_S)
             for task in pending:  # their jobs are redelivered after ack_wait
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                await asyncio.wait(pending, timeout=STOP_GRACE_S)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

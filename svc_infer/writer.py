@@ -1,8 +1,10 @@
 """Storing results: rows, audit records and events in ONE transaction, then the cache.
 
 For each new result the transaction also writes a `ResultReady` outbox row and an audit
-event (which model version produced which result); for each study in the batch it takes the
-study's row lock, and when every known file now has a result it writes `StudyResultsReady`.
+event (which model version produced which result); it takes the row locks of the batch's
+studies, and for each study whose every known file now has a result it writes
+`StudyResultsReady`. Statements are batched (a fixed number of round trips per batch): on a
+shared machine every round trip is CPU taken from the model server.
 The outbox relay publishes after the commit, so an event is never announced for a result
 that was rolled back, and never lost for one that was committed. The job is acked only after
 this commit returns.
@@ -20,14 +22,14 @@ from gen.medmesh.events.v1 import (
     ResultReady,
     StudyResultsReady,
 )
-from medmesh.audit import Actor, record_audit_event
+from medmesh.audit import Actor
 from medmesh.db import Connection, Database
 from medmesh.jetstream import Topology
 from medmesh.outbox import Outbox
 from svc_infer import metrics, store
 from svc_infer.cache import ResultCache
 from svc_infer.convert import result_name, result_to_proto
-from svc_infer.results import ResultDraft, StoredResult
+from svc_infer.results import ResultDraft, StoredResult, StudyProgress
 
 WORKER_ACTOR = Actor("svc_infer", ("service",))
 RESULTS_READY_STATUS = "results_ready"
@@ -46,19 +48,32 @@ class ResultWriter:
 
     async def commit(self, drafts: Sequence[ResultDraft]) -> list[StoredResult]:
         """Store the drafts (a draft whose file + version has a result already is skipped),
-        announce results and completed studies, then cache. Returns the new results."""
+        announce results and completed studies, then cache. Returns the new results.
+
+        A fixed number of round trips per batch, whatever its size: one INSERT for the
+        results, two statements to lock and read the batch's studies, then the events,
+        audit rows and study updates sent together in pipeline mode (nothing is read back).
+        """
         if not drafts:
             return []
-        stored: list[StoredResult] = []
+        ordered = sorted(drafts, key=lambda d: (d.study_id, d.file_id))
         async with self._database.transaction() as conn:
-            for draft in sorted(drafts, key=lambda d: (d.study_id, d.file_id)):
-                row = await store.insert_result(conn, draft)
-                if row is None:
-                    continue  # a redelivery: the first delivery stored it
-                stored.append(row)
-                await self._announce_result(conn, row)
-            for study_id in sorted({d.study_id for d in drafts}):
-                await self._announce_study_if_complete(conn, study_id, drafts)
+            stored = await store.insert_results(conn, ordered)
+            progress = await store.lock_studies(conn, {d.study_id for d in ordered})
+            complete = {
+                study_id: p for study_id, p in sorted(progress.items()) if p.newly_complete()
+            }
+            async with conn.pipeline():
+                for row in stored:
+                    await self._announce_result(conn, row)
+                await store.record_audit_events(
+                    conn, WORKER_ACTOR, "result.store", [_audit_of(row) for row in stored]
+                )
+                for study_id, study in complete.items():
+                    await self._announce_study(conn, study_id, study, ordered)
+                await store.mark_studies_announced(
+                    conn, {study_id: len(p.result_ids) for study_id, p in complete.items()}
+                )
         for row in stored:
             d = row.draft
             labels = (d.model_name, str(d.model_version), d.arm.name.lower())
@@ -85,29 +100,14 @@ class ResultWriter:
         await self._outbox.enqueue(
             conn, self._topology.result_ready_subject, event, msg_id=event_id
         )
-        await record_audit_event(
-            conn,
-            clinic_id=draft.clinic_id,
-            actor=WORKER_ACTOR,
-            action="result.store",
-            resource=result_name(draft.study_id, row.result_id),
-            study_id=draft.study_id,
-            detail={
-                "file_id": draft.file_id,
-                "job_id": draft.job_id,
-                "model": draft.model_name,
-                "model_version": draft.model_version,
-                "arm": draft.arm.name.lower(),
-                "preprocessing_version": draft.preprocessing_version,
-            },
-        )
 
-    async def _announce_study_if_complete(
-        self, conn: Connection, study_id: str, drafts: Sequence[ResultDraft]
+    async def _announce_study(
+        self,
+        conn: Connection,
+        study_id: str,
+        progress: StudyProgress,
+        drafts: Sequence[ResultDraft],
     ) -> None:
-        progress = await store.lock_study_progress(conn, study_id)
-        if progress is None or not progress.newly_complete():
-            return
         clinic_id = next(d.clinic_id for d in drafts if d.study_id == study_id)
         event_id = uuid.uuid4()
         event = StudyResultsReady(
@@ -123,7 +123,24 @@ class ResultWriter:
             event,
             msg_id=event_id,
         )
-        await store.mark_study_announced(conn, study_id, len(progress.result_ids))
+
+
+def _audit_of(row: StoredResult) -> tuple[str, str, str, dict[str, object]]:
+    """The audit event of a stored result: which model version produced it."""
+    draft = row.draft
+    return (
+        draft.clinic_id,
+        result_name(draft.study_id, row.result_id),
+        draft.study_id,
+        {
+            "file_id": draft.file_id,
+            "job_id": draft.job_id,
+            "model": draft.model_name,
+            "model_version": draft.model_version,
+            "arm": draft.arm.name.lower(),
+            "preprocessing_version": draft.preprocessing_version,
+        },
+    )
 
 
 async def announce_failure(
