@@ -1,15 +1,21 @@
 """Streamed upload through svc_ingest vs a raw S3 PUT of the same bytes, and the service's
 memory while it streams.
 
-    python bench/bench_ingest_upload.py [--sizes 16,64] [--repeat 3]
+    python bench/bench_ingest_upload.py [--sizes 16,64] [--repeat 5] [--writers put,multipart]
 
-Starts embedded PostgreSQL, NATS and S3 (localbucket), runs svc_ingest as a subprocess (its
-RSS is sampled from /proc every 5 ms during each upload), then for each size:
-  floor  = one S3 PUT of the file's bytes with the minio SDK to the same endpoint;
-  stream = UploadFile over gRPC in 1 MiB chunks: validation, SHA-256, multipart to S3, rows,
-           outbox, until the response arrives.
-Prints best-of-N seconds, MiB/s, the ratio floor/stream (goal >= 0.8) and the peak RSS growth
-of the service over its idle RSS per file size (goal: flat, not growing with the file).
+Starts embedded PostgreSQL, NATS and S3 (localbucket), then for each size and each of the
+service's S3 writers runs a fresh svc_ingest subprocess (its RSS is sampled from /proc every
+5 ms during each upload) and measures, interleaved, best of N:
+  floor  = one S3 PUT of the file's bytes with the minio SDK to the same endpoint (what a
+           client would do with the file in hand; the goal's reference);
+  put    = the same bytes as one raw unsigned PUT with no client-side hashing (the transfer
+           alone: a stricter floor, printed for reference);
+  stream = UploadFile over gRPC in 1 MiB chunks, pre-encoded: validation, SHA-256, the
+           object in S3, rows, outbox, until the response arrives.
+Writers: `put` (the default: one streaming PUT, MEDMESH_INGEST_STREAMING_PUT_MAX_BYTES) and
+`multipart` (MEDMESH_INGEST_STREAMING_PUT_MAX_BYTES=0; compared with a raw multipart upload of
+the same part size too). Prints seconds, MiB/s, the ratio floor/stream (goal >= 0.8) and the
+peak RSS growth of the service over its idle RSS (goal: flat, not growing with the file).
 """
 
 from __future__ import annotations
@@ -24,13 +30,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import grpc
 import jwt
 import numpy as np
+import urllib3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 from PIL import Image
@@ -47,11 +55,16 @@ from gen.medmesh.ingest.v1 import (  # noqa: E402
 from medmesh.client import AsyncStub  # noqa: E402
 from medmesh.contract import DescriptorImage  # noqa: E402
 from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies  # noqa: E402
-from medmesh.objects import ObjectStore  # noqa: E402
+from medmesh.objects import RAW_IMAGES, ObjectStore  # noqa: E402
 
 MIB = 1024 * 1024
 SERVICE = "medmesh.ingest.v1.IngestService"
 PART = 8 * MIB  # svc_ingest's default MEDMESH_INGEST_PART_SIZE_BYTES
+SETTLE_S = 0.5
+WRITER_ENV = {
+    "put": {},  # the default: one streaming PUT up to MEDMESH_INGEST_STREAMING_PUT_MAX_BYTES
+    "multipart": {"MEDMESH_INGEST_STREAMING_PUT_MAX_BYTES": "0"},
+}
 
 
 def serve_child(jwks_path: str) -> None:
@@ -164,7 +177,7 @@ async def stream_upload(channel: grpc.aio.Channel, metadata: tuple, encoded: lis
 
 def raw_put(store: ObjectStore, data: bytes, key: str, part_size: int = 0) -> float:
     """One PUT of the whole file (part_size 0), or a multipart upload with that part size."""
-    bucket = store.bucket("medical-images-raw")
+    bucket = store.bucket(RAW_IMAGES)
     started = time.perf_counter()
     store.client.put_object(
         bucket,
@@ -177,7 +190,19 @@ def raw_put(store: ObjectStore, data: bytes, key: str, part_size: int = 0) -> fl
     return time.perf_counter() - started
 
 
-async def run(sizes: list[int], repeat: int) -> None:
+def unsigned_put(http: urllib3.PoolManager, store: ObjectStore, data: bytes, key: str) -> float:
+    """One PUT of the whole file to a presigned URL: no payload hashing on the client.
+    (urllib3 sends headers and body apart; http.client would first copy them together.)"""
+    url = store.client.presigned_put_object(store.bucket(RAW_IMAGES), key)
+    started = time.perf_counter()
+    response = http.request("PUT", url, body=data, headers={"Content-Length": str(len(data))})
+    elapsed = time.perf_counter() - started
+    if response.status != 200:
+        raise SystemExit(f"unsigned PUT failed: HTTP {response.status}")
+    return elapsed
+
+
+async def run(sizes: list[int], repeat: int, writers: list[str]) -> None:
     key = Ed25519PrivateKey.generate()
     jwk = {**OKPAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "bench", "alg": "EdDSA"}
     now = int(time.time())
@@ -206,22 +231,25 @@ async def run(sizes: list[int], repeat: int) -> None:
         jwks_path.write_text(json.dumps({"keys": [jwk]}))
         store = ObjectStore(urls[DEPENDENCY_ENV["s3"]], bucket_prefix="bench-")
         for size_mib in sizes:
-            # A fresh service per size: RSS never shrinks, so a shared process would carry the
-            # previous size's high-water mark into the next.
-            async with service_process(Path(tmp), urls, jwks_path) as (child, address):
-                await measure(child, address, metadata, store, size_mib, repeat)
+            for writer in writers:
+                # A fresh service per size and writer: RSS never shrinks, so a shared process
+                # would carry the previous run's high-water mark into the next.
+                env = WRITER_ENV[writer]
+                async with service_process(Path(tmp), urls, jwks_path, env) as (child, address):
+                    await measure(child, address, metadata, store, size_mib, repeat, writer)
         store.close()
 
 
 @asynccontextmanager
 async def service_process(
-    tmp: Path, urls: dict[str, str], jwks_path: Path
+    tmp: Path, urls: dict[str, str], jwks_path: Path, extra_env: dict[str, str]
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
     """svc_ingest as a child process, until the context exits (SIGTERM)."""
     ready = tmp / f"ready-{time.monotonic_ns()}.json"
     env = {
         **os.environ,
         **urls,
+        **extra_env,
         "MEDMESH_READY_FILE": str(ready),
         "MEDMESH_METRICS_ADDR": "",
         "MEDMESH_S3_BUCKET_PREFIX": "bench-",
@@ -239,6 +267,20 @@ async def service_process(
         child.wait(timeout=60)
 
 
+async def sampled_upload(
+    sampler: RssSampler,
+    peaks: list[int],
+    channel: grpc.aio.Channel,
+    metadata: tuple[tuple[str, str], ...],
+    encoded: list[bytes],
+) -> float:
+    """One streamed upload, with the service's peak RSS during it appended to `peaks`."""
+    with sampler:
+        elapsed = await stream_upload(channel, metadata, encoded)
+    peaks.append(sampler.peak)
+    return elapsed
+
+
 async def measure(
     child: subprocess.Popen[bytes],
     address: str,
@@ -246,40 +288,59 @@ async def measure(
     store: ObjectStore,
     size_mib: int,
     repeat: int,
+    writer: str,
 ) -> None:
-    """Best-of-`repeat` floor, multipart reference and streamed upload for one size."""
+    """Best-of-`repeat` floors and streamed upload for one size with one writer."""
     sampler = RssSampler(child.pid)
+    http = urllib3.PoolManager(retries=False)
     options = [("grpc.max_send_message_length", 4 * MIB)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         stub = AsyncStub(channel, SERVICE, DescriptorImage())
         idle = sampler.rss()
-        floors, multiparts, streams, peaks = [], [], [], []
+        floors, puts, multiparts, streams, peaks = [], [], [], [], []
         for attempt in range(repeat):
             data = png_of_size(size_mib * MIB, seed=attempt + size_mib)
             study = await stub.create_study(
                 CreateStudyRequest(patient_ref="bench"), metadata=metadata
             )
-            floors.append(raw_put(store, data, f"floor/{size_mib}/{attempt}"))
-            multiparts.append(raw_put(store, data, f"mp/{size_mib}/{attempt}", part_size=PART))
             encoded = encode_upload(study.study.name, data)
-            with sampler:
-                streams.append(await stream_upload(channel, metadata, encoded))
-            del encoded
-            peaks.append(sampler.peak)
+            tag = f"{writer}/{size_mib}/{attempt}"
+            runs: list[tuple[list[float], Callable[[], Awaitable[float]]]] = [
+                (floors, partial(asyncio.to_thread, raw_put, store, data, f"floor/{tag}")),
+                (puts, partial(asyncio.to_thread, unsigned_put, http, store, data, f"put/{tag}")),
+                (streams, partial(sampled_upload, sampler, peaks, channel, metadata, encoded)),
+            ]
+            if writer == "multipart":
+                mp = partial(asyncio.to_thread, raw_put, store, data, f"mp/{tag}", PART)
+                runs.append((multiparts, mp))
+            # A different order each attempt, each run after a pause: the S3 server is still
+            # writing (and freeing) the previous file for a while, which would otherwise
+            # favour whichever run comes first.
+            shift = attempt % len(runs)
+            for results, measured in runs[shift:] + runs[:shift]:
+                await asyncio.sleep(SETTLE_S)
+                results.append(await measured())
+            del encoded, runs
     size = len(data) / MIB
-    floor, stream, multipart = min(floors), min(streams), min(multiparts)
+    floor, put, stream = min(floors), min(puts), min(streams)
     print(
-        f"{size:6.1f} MiB  raw S3 PUT (floor) {floor:6.3f} s {size / floor:7.1f} MiB/s"
-        f" | streamed UploadFile {stream:6.3f} s {size / stream:7.1f} MiB/s"
-        f" | ratio floor/stream {floor / stream:5.2f} (goal >= 0.80)"
+        f"{size:6.1f} MiB  writer {writer:9} | raw S3 PUT (floor) {floor:6.3f} s"
+        f" {size / floor:6.1f} MiB/s | streamed UploadFile {stream:6.3f} s"
+        f" {size / stream:6.1f} MiB/s | floor/stream {floor / stream:5.2f} (goal >= 0.80)"
     )
     print(
-        f"{'':13}raw S3 multipart, {PART // MIB} MiB parts {multipart:6.3f} s"
-        f" | ratio multipart/stream {multipart / stream:5.2f}"
+        f"{'':13}raw unsigned PUT, no client hashing {put:6.3f} s | put/stream {put / stream:5.2f}"
     )
+    if multiparts:
+        multipart = min(multiparts)
+        print(
+            f"{'':13}raw S3 multipart, {PART // MIB} MiB parts {multipart:6.3f} s"
+            f" | multipart/stream {multipart / stream:5.2f}"
+        )
     print(
         f"{'':13}service RSS idle {idle / MIB:6.1f} MiB, peak during uploads"
-        f" {max(peaks) / MIB:6.1f} MiB (+{(max(peaks) - idle) / MIB:5.1f} MiB)"
+        f" {max(peaks) / MIB:6.1f} MiB (+{(max(peaks) - idle) / MIB:5.1f} MiB)",
+        flush=True,
     )
 
 
@@ -289,9 +350,13 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="16,64", help="file sizes in MiB, comma-separated")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--writers", default="put,multipart", help="put, multipart or both")
     args = parser.parse_args()
-    asyncio.run(run([int(s) for s in args.sizes.split(",")], args.repeat))
+    writers = [w for w in args.writers.split(",") if w]
+    if unknown := set(writers) - set(WRITER_ENV):
+        parser.error(f"unknown writers {sorted(unknown)}")
+    asyncio.run(run([int(s) for s in args.sizes.split(",")], args.repeat, writers))
 
 
 if __name__ == "__main__":

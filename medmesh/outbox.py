@@ -232,6 +232,11 @@ class OutboxRelay:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # Again until it ends: a cancellation can get lost in a library call under the
+            # relay, which then polled on and shutdown hung (seen in the ingest tests).
+            while not (await asyncio.wait({task}, timeout=1.0))[0]:
+                task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()

@@ -20,6 +20,11 @@ _log = structlog.get_logger("medmesh.server")
 
 # Large enough for a 1 MiB upload chunk plus its envelope; bigger files stream in chunks.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# What one stream may send ahead of its handler. gRPC's default (window auto-tuned by BDP
+# probes) let a fast client park 40+ MiB of an upload in a slow service (measured); a fixed
+# 4 MiB window keeps a stream's buffering bounded at the same throughput on fast links
+# (bench/bench_ingest_upload.py); over a WAN it caps one stream at 4 MiB per round trip.
+STREAM_WINDOW_BYTES = 4 * 1024 * 1024
 
 
 def _unimplemented(method: Method) -> Callable[..., Any]:
@@ -36,8 +41,13 @@ def _unimplemented(method: Method) -> Callable[..., Any]:
     return handler
 
 
+# A servicer may name its own request parser per RPC: {"UploadFile": parse}, see bind_servicer.
+REQUEST_DESERIALIZERS = "request_deserializers"
+
+
 def _method_handler(method: Method, servicer: object) -> grpc.RpcMethodHandler:
     implementation = getattr(servicer, snake_case(method.name), None) or _unimplemented(method)
+    own: Mapping[str, Callable[[bytes], Any]] = getattr(servicer, REQUEST_DESERIALIZERS, {})
     factory = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
@@ -46,7 +56,7 @@ def _method_handler(method: Method, servicer: object) -> grpc.RpcMethodHandler:
     }[(method.client_streaming, method.server_streaming)]
     return factory(
         implementation,
-        request_deserializer=method.request_type.FromString,
+        request_deserializer=own.get(method.name, method.request_type.FromString),
         response_serializer=bytes,
     )
 
@@ -59,8 +69,17 @@ def bind_servicer(
     The servicer method for `GetStudy` is `get_study(request, context)`; RPCs it does not define
     answer UNIMPLEMENTED. Requests arrive as betterproto2 messages; responses are serialised
     with `bytes(message)`.
+
+    A servicer whose requests are mostly bytes may set `request_deserializers = {"RpcName":
+    parse}`: `parse(data: bytes)` must return the same betterproto2 request type that
+    `FromString` would (and raise like it on a malformed message); RPCs not named keep
+    `FromString`. svc_ingest uses it for UploadFile's 1 MiB chunk messages.
     """
-    handlers = {m.name: _method_handler(m, servicer) for m in image.methods(service_name)}
+    methods = image.methods(service_name)
+    unknown = set(getattr(servicer, REQUEST_DESERIALIZERS, {})) - {m.name for m in methods}
+    if unknown:
+        raise ValueError(f"{service_name} has no RPC {sorted(unknown)} to deserialize for")
+    handlers = {m.name: _method_handler(m, servicer) for m in methods}
     return grpc.method_handlers_generic_handler(service_name, handlers)
 
 
@@ -87,6 +106,8 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )

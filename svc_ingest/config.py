@@ -44,6 +44,10 @@ class IngestConfig:
     part_size_bytes: int = 8 * MIB
     """MEDMESH_INGEST_PART_SIZE_BYTES: S3 multipart part size (S3 minimum 5 MiB); the memory
     an upload holds is about two parts."""
+    streaming_put_max_bytes: int = 512 * MIB
+    """MEDMESH_INGEST_STREAMING_PUT_MAX_BYTES: UploadFile streams up to this size go to S3 as
+    one streaming PUT (faster, no part files); larger ones as multipart. 0: always multipart.
+    At most 5 GiB (S3's single-PUT limit)."""
     max_chunk_bytes: int = 1 * MIB
     """MEDMESH_INGEST_MAX_CHUNK_BYTES: largest chunk message of an UploadFile stream."""
     presign_expiry_s: float = 900.0
@@ -54,6 +58,8 @@ class IngestConfig:
     def __post_init__(self) -> None:
         if self.part_size_bytes < 5 * MIB:
             raise SettingsError("MEDMESH_INGEST_PART_SIZE_BYTES must be at least 5 MiB (S3)")
+        if not 0 <= self.streaming_put_max_bytes <= 5 * 1024 * MIB:
+            raise SettingsError("MEDMESH_INGEST_STREAMING_PUT_MAX_BYTES must be 0 .. 5 GiB (S3)")
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, str]) -> IngestConfig:

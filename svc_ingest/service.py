@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 from gen.medmesh.ingest.v1 import (
     CompleteUploadRequest,
@@ -35,6 +35,7 @@ from svc_ingest.status import now_utc
 from svc_ingest.studies import Studies, StudyView, parse_file_name, parse_study_name
 from svc_ingest.uploads import Uploads
 from svc_ingest.validation import check_declaration
+from svc_ingest.wire import parse_upload_file_request
 
 INGEST_SERVICE = "medmesh.ingest.v1.IngestService"
 
@@ -69,6 +70,9 @@ async def _chunks(
 
 class IngestServicer:
     """medmesh.ingest.v1.IngestService."""
+
+    # UploadFile's chunk messages skip betterproto2's generic parser (medmesh/server.py).
+    request_deserializers: ClassVar = {"UploadFile": parse_upload_file_request}
 
     def __init__(self, studies: Studies, uploads: Uploads, config: IngestConfig) -> None:
         self._studies = studies

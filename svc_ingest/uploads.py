@@ -2,8 +2,9 @@
 
 The order of an upload is what makes "nothing is left behind" true:
 1. the declaration is checked and the study looked up (nothing written yet);
-2. the bytes stream through the validator into an S3 multipart upload (invisible until
-   completed); any refusal, error or hang-up aborts it;
+2. the bytes stream through the validator into S3 (one streaming PUT whose last bytes are held
+   back, or a multipart upload: invisible until completed, sink.py); any refusal, error or
+   hang-up aborts it;
 3. only after the last check the object is completed, and then one transaction writes the file
    row, its inference job (outbox), the study's new status and its event (outbox), and the
    audit record; if that transaction fails, the object is removed again.
@@ -34,7 +35,7 @@ from medmesh.objects import RAW_IMAGES, ObjectStore
 from medmesh.outbox import Outbox
 from svc_ingest import store
 from svc_ingest.config import IngestConfig
-from svc_ingest.sink import StreamingObjectWriter
+from svc_ingest.sink import open_object_writer, store_validated_stream
 from svc_ingest.status import CLOSED_STATUSES, StudyEvents, now_utc
 from svc_ingest.studies import audit, require_study
 from svc_ingest.validation import (
@@ -115,22 +116,16 @@ class Uploads:
         validator = FileValidator(
             declaration, self._config, content_field="chunk", prefix="metadata."
         )
-        writer = StreamingObjectWriter(
+        writer = open_object_writer(
             self._objects,
             RAW_IMAGES,
             key,
             content_type=declaration.content_type,
+            size=declaration.size_bytes,
             part_size=self._config.part_size_bytes,
+            streaming_put_max=self._config.streaming_put_max_bytes,
         )
-        try:
-            async for chunk in chunks:
-                validator.feed(chunk)
-                await writer.write(chunk)
-            validated = validator.finish()
-            await writer.commit()
-        except BaseException:
-            await writer.abort()
-            raise
+        validated = await store_validated_stream(chunks, validator, writer)
         return await self._accept_stored_object(
             identity, study_id, file_id, key, declaration, validated
         )
