@@ -39,6 +39,7 @@ quiet_tensorflow()
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
@@ -140,10 +141,43 @@ def fresh_database(postgres_url: str) -> str:
     return urlsplit(postgres_url)._replace(path=f"/{name}").geturl()
 
 
+_GROUPS = (
+    ("model server", "svc_infer.model_server"),
+    ("S3", "medmesh.launcher.bucket"),
+    ("PostgreSQL", "postgres"),
+    ("NATS", "nats-server"),
+    ("Redis", "redis-server"),
+)
+
+
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds so far of this process (svc_infer + the bench's publisher) and of each
+    child group (the model server, the embedded dependencies, PostgreSQL's backends)."""
+    me = psutil.Process()
+    totals = {"svc_infer + bench": sum(me.cpu_times()[:2])}
+    for child in me.children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+            seconds = sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue
+        for name, marker in _GROUPS:
+            if marker in command:
+                totals[name] = totals.get(name, 0.0) + seconds
+                break
+    return totals
+
+
 async def pipeline_rate(
-    urls: dict[str, str], model_server: str, images: Sequence[bytes], *, batch_size: int
+    urls: dict[str, str],
+    model_server: str,
+    images: Sequence[bytes],
+    *,
+    batch_size: int,
+    cpu: dict[str, float] | None = None,
 ) -> float:
-    """Jobs/s from the first publish to the last stored result, after a warm-up batch."""
+    """Jobs/s from the first publish to the last stored result, after a warm-up batch;
+    `cpu`, if given, receives each process group's CPU seconds during the measured run."""
     prefix = f"b{secrets.token_hex(3)}"
     database_url = fresh_database(urls[DEPENDENCY_ENV["postgres"]])
     settings = Settings(
@@ -207,12 +241,18 @@ async def pipeline_rate(
                         study_file_count=1,
                     )
                     await publish_message(js, topology.infer_image_subject, job, msg_id=job.job_id)
+                # Every 50 ms: at most 0.5 % of a run's time, and little of its CPU.
                 while await _count(db) < before + len(indices):  # noqa: ASYNC110 - polls the DB
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.05)
                 return len(indices) / (time.perf_counter() - started)
 
         await run(range(min(BATCH * 2, len(images))))  # warm-up: registry, cards, TF graphs
-        return await run(range(len(images)))
+        before = cpu_by_process()
+        rate = await run(range(len(images)))
+        if cpu is not None:
+            after = cpu_by_process()
+            cpu.update({name: after[name] - before.get(name, 0.0) for name in after})
+        return rate
     finally:
         await nc.drain()
         objects.close()
@@ -252,6 +292,7 @@ async def main() -> None:
     # The machine is shared: each pipeline run is measured between two runs of the bare
     # model at the same batch size, and each figure is the best of its rounds.
     figures: dict[str, list[float]] = {"bare8": [], "pipe8": [], "bare1": [], "pipe1": []}
+    cpu_rounds: list[dict[str, float]] = []
     with (
         tempfile.TemporaryDirectory() as workdir,
         EmbeddedDependencies(Path(workdir) / "deps", os.environ) as urls,
@@ -262,8 +303,9 @@ async def main() -> None:
                 # The bare model right before AND right after each pipeline run: the floor
                 # is the best of those, so a quiet moment never flatters the pipeline.
                 figures["bare8"].append(bare.rate(tensors, BATCH))
+                cpu_rounds.append({})
                 figures["pipe8"].append(
-                    await pipeline_rate(urls, address, images, batch_size=BATCH)
+                    await pipeline_rate(urls, address, images, batch_size=BATCH, cpu=cpu_rounds[-1])
                 )
                 figures["bare8"].append(bare.rate(tensors, BATCH))
                 figures["bare1"].append(bare.rate(tensors, 1))
@@ -284,6 +326,11 @@ async def main() -> None:
             [round(r, 2) for r in paired],
         )
 
+    print(f"\nCPU seconds per process during each batch-8 pipeline run ({jobs} jobs):")
+    for name in cpu_rounds[0]:
+        print(f"  {name:18} " + "  ".join(f"{r.get(name, 0.0):6.2f}" for r in cpu_rounds))
+    others = [sum(v for k, v in r.items() if k != "model server") for r in cpu_rounds]
+    print(f"  {'all but the model':18} " + "  ".join(f"{v:6.2f}" for v in others))
     print(
         f"\nResNet-50 (untrained, real cost), {jobs} PNG jobs of {args.image_size}px, "
         f"{os.cpu_count()} CPUs, best of {args.rounds} rounds\n"

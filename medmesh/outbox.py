@@ -77,6 +77,10 @@ CREATE INDEX outbox_pending_idx ON outbox (seq) WHERE published_at IS NULL;
 """
 
 
+OutboxEntry = tuple[str, ProtoMessage | bytes, uuid.UUID | None, dict[str, str] | None]
+"""A message to enqueue: (subject, message, Msg-Id or None for a new one, headers or None)."""
+
+
 @dataclass(frozen=True)
 class OutboxMessage:
     """One row of the outbox as the relay reads it."""
@@ -145,18 +149,38 @@ class Outbox:
         the request that caused the message even though the relay publishes it later. The
         NOTIFY is delivered on commit only, so the relay never wakes for a rolled-back row.
         """
-        row_id = msg_id or uuid.uuid4()
-        all_headers = dict(headers or {})
-        propagate.inject(all_headers)
-        payload = message if isinstance(message, bytes) else bytes(message)
+        (row_id,) = await self.enqueue_many(conn, [(subject, message, msg_id, headers)])
+        return row_id
+
+    async def enqueue_many(
+        self,
+        conn: Connection,
+        messages: Sequence[OutboxEntry],
+    ) -> list[str]:
+        """`enqueue` for several (subject, message, msg_id, headers) at once: one INSERT and
+        one NOTIFY whatever their number. Their ids, in order."""
+        if not messages:
+            return []
+        ids, subjects, payloads, all_headers = [], [], [], []
+        for subject, message, msg_id, headers in messages:
+            carried = dict(headers or {})
+            propagate.inject(carried)
+            ids.append(msg_id or uuid.uuid4())
+            subjects.append(subject)
+            payloads.append(message if isinstance(message, bytes) else bytes(message))
+            all_headers.append(Jsonb(carried))
         await conn.execute(
             sql.SQL(
-                "INSERT INTO {} (id, subject, payload, headers) VALUES (%s, %s, %s, %s)"
+                "INSERT INTO {} (id, subject, payload, headers)"
+                " SELECT id, subject, payload, headers"
+                " FROM unnest(%s::uuid[], %s::text[], %s::bytea[], %s::jsonb[])"
+                " WITH ORDINALITY AS m (id, subject, payload, headers, position)"
+                " ORDER BY position"
             ).format(self.qualified),
-            (row_id, subject, payload, Jsonb(all_headers)),
+            (ids, subjects, payloads, all_headers),
         )
         await conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
-        return str(row_id)
+        return [str(row_id) for row_id in ids]
 
     async def pending_count(self, conn: Connection) -> int:
         """How many messages wait for the relay (for metrics and tests)."""

@@ -162,26 +162,40 @@ async def apply_routing(conn: Connection, name: str, change: RoutingChange) -> N
         )
 
 
-async def load_assignment(conn: Connection, model: str, study_id: str) -> Assignment | None:
-    """The version a study was assigned to, if any."""
+async def load_assignments(
+    conn: Connection, model: str, study_ids: Sequence[str]
+) -> dict[str, Assignment]:
+    """The versions these studies were assigned to (studies without one are absent)."""
     cur = await conn.execute(
-        "SELECT version, arm FROM infer.study_assignments WHERE model = %s AND study_id = %s",
-        (model, study_id),
+        "SELECT study_id, version, arm FROM infer.study_assignments"
+        " WHERE model = %s AND study_id = ANY(%s)",
+        (model, list(study_ids)),
     )
-    row = await cur.fetchone()
-    return Assignment(int(row["version"]), TrafficArm(row["arm"])) if row else None
+    return {
+        row["study_id"]: Assignment(int(row["version"]), TrafficArm(row["arm"]))
+        for row in await cur.fetchall()
+    }
 
 
-async def save_assignment(
-    conn: Connection, model: str, study_id: str, clinic_id: str, assignment: Assignment
+async def save_assignments(
+    conn: Connection, model: str, assignments: Sequence[tuple[str, str, Assignment]]
 ) -> None:
-    """Remember (or replace) a study's version."""
+    """Remember (or replace) the version of each (study id, clinic id, assignment), in one
+    statement."""
     await conn.execute(
         """
         INSERT INTO infer.study_assignments (model, study_id, clinic_id, version, arm)
-        VALUES (%s, %s, %s, %s, %s)
+        SELECT %s, study_id, clinic_id, version, arm
+        FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::smallint[])
+            AS given (study_id, clinic_id, version, arm)
         ON CONFLICT (model, study_id)
         DO UPDATE SET version = EXCLUDED.version, arm = EXCLUDED.arm, assign_time = now()
         """,
-        (model, study_id, clinic_id, assignment.version, int(assignment.arm)),
+        (
+            model,
+            [study for study, _, _ in assignments],
+            [clinic for _, clinic, _ in assignments],
+            [a.version for _, _, a in assignments],
+            [int(a.arm) for _, _, a in assignments],
+        ),
     )

@@ -179,14 +179,19 @@ class Registry:
             model = await store.load_model(conn, name)
         if model is None or not registry.effective_split(model):
             model = await self.bootstrap(name, kind)
+        clinics = dict(sorted(set(studies)))  # study id -> clinic id
         assignments: dict[str, Assignment] = {}
+        changed: list[tuple[str, str, Assignment]] = []
         async with self._database.transaction() as conn:
-            for study_id, clinic_id in sorted(set(studies)):
-                stored = await store.load_assignment(conn, name, study_id)
-                chosen = registry.keep_or_reassign(model, study_id, stored)
-                if stored is None or stored.version != chosen.version:
-                    await store.save_assignment(conn, name, study_id, clinic_id, chosen)
+            stored = await store.load_assignments(conn, name, list(clinics))
+            for study_id, clinic_id in clinics.items():
+                previous = stored.get(study_id)
+                chosen = registry.keep_or_reassign(model, study_id, previous)
+                if previous is None or previous.version != chosen.version:
+                    changed.append((study_id, clinic_id, chosen))
                 assignments[study_id] = chosen
+            if changed:
+                await store.save_assignments(conn, name, changed)
         return model, assignments
 
     async def bootstrap(self, name: str, kind: AnalysisKind) -> Model:

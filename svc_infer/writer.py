@@ -25,7 +25,7 @@ from gen.medmesh.events.v1 import (
 from medmesh.audit import Actor
 from medmesh.db import Connection, Database
 from medmesh.jetstream import Topology
-from medmesh.outbox import Outbox
+from medmesh.outbox import Outbox, OutboxEntry
 from svc_infer import metrics, store
 from svc_infer.cache import ResultCache
 from svc_infer.convert import result_name, result_to_proto
@@ -63,14 +63,14 @@ class ResultWriter:
             complete = {
                 study_id: p for study_id, p in sorted(progress.items()) if p.newly_complete()
             }
+            events = [self._result_event(row) for row in stored] + [
+                self._study_event(study_id, study, ordered) for study_id, study in complete.items()
+            ]
             async with conn.pipeline():
-                for row in stored:
-                    await self._announce_result(conn, row)
+                await self._outbox.enqueue_many(conn, events)
                 await store.record_audit_events(
                     conn, WORKER_ACTOR, "result.store", [_audit_of(row) for row in stored]
                 )
-                for study_id, study in complete.items():
-                    await self._announce_study(conn, study_id, study, ordered)
                 await store.mark_studies_announced(
                     conn, {study_id: len(p.result_ids) for study_id, p in complete.items()}
                 )
@@ -82,7 +82,7 @@ class ResultWriter:
         await self._cache.put_results([result_to_proto(r) for r in stored])
         return stored
 
-    async def _announce_result(self, conn: Connection, row: StoredResult) -> None:
+    def _result_event(self, row: StoredResult) -> OutboxEntry:
         draft = row.draft
         event_id = uuid.uuid4()
         event = ResultReady(
@@ -97,17 +97,11 @@ class ResultWriter:
             model_version=draft.model_version,
             event_time=row.create_time,
         )
-        await self._outbox.enqueue(
-            conn, self._topology.result_ready_subject, event, msg_id=event_id
-        )
+        return (self._topology.result_ready_subject, event, event_id, None)
 
-    async def _announce_study(
-        self,
-        conn: Connection,
-        study_id: str,
-        progress: StudyProgress,
-        drafts: Sequence[ResultDraft],
-    ) -> None:
+    def _study_event(
+        self, study_id: str, progress: StudyProgress, drafts: Sequence[ResultDraft]
+    ) -> OutboxEntry:
         clinic_id = next(d.clinic_id for d in drafts if d.study_id == study_id)
         event_id = uuid.uuid4()
         event = StudyResultsReady(
@@ -117,12 +111,7 @@ class ResultWriter:
             result_ids=list(progress.result_ids),
             event_time=datetime.now(UTC),
         )
-        await self._outbox.enqueue(
-            conn,
-            self._topology.study_event_subject(RESULTS_READY_STATUS),
-            event,
-            msg_id=event_id,
-        )
+        return (self._topology.study_event_subject(RESULTS_READY_STATUS), event, event_id, None)
 
 
 def _audit_of(row: StoredResult) -> tuple[str, str, str, dict[str, object]]:

@@ -35,7 +35,7 @@ from svc_ingest.status import now_utc
 from svc_ingest.studies import Studies, StudyView, parse_file_name, parse_study_name
 from svc_ingest.uploads import Uploads
 from svc_ingest.validation import check_declaration
-from svc_ingest.wire import parse_upload_file_request
+from svc_ingest.wire import ChunkMessage, parse_upload_file_request
 
 INGEST_SERVICE = "medmesh.ingest.v1.IngestService"
 
@@ -55,8 +55,8 @@ INGEST_RULES: RoleRules = {
 
 
 async def _chunks(
-    requests: AsyncIterator[UploadFileRequest], max_chunk: int
-) -> AsyncIterator[bytes]:
+    requests: AsyncIterator[UploadFileRequest | ChunkMessage], max_chunk: int
+) -> AsyncIterator[bytes | memoryview]:
     """The bytes of an UploadFile stream after its metadata message."""
     async for message in requests:
         if message.metadata is not None:
@@ -113,7 +113,7 @@ class IngestServicer:
         return GetFileResponse(file=messages.study_file(row))
 
     async def upload_file(
-        self, requests: AsyncIterator[UploadFileRequest], _context: Any
+        self, requests: AsyncIterator[UploadFileRequest | ChunkMessage], _context: Any
     ) -> UploadFileResponse:
         identity = current_identity()
         iterator = aiter(requests)

@@ -56,7 +56,7 @@ class ObjectWriter(Protocol):
     @property
     def key(self) -> str: ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes | memoryview) -> None: ...
 
     async def commit(self, sha256: str) -> None: ...
 
@@ -93,7 +93,7 @@ C = TypeVar("C", bound=Checked)
 class Validator(Protocol[C]):
     """Sees every byte in order (`feed` raises at the first wrong one); `finish` is the verdict."""
 
-    def feed(self, data: bytes) -> None: ...
+    def feed(self, data: bytes | memoryview) -> None: ...
 
     def finish(self) -> C: ...
 
@@ -130,7 +130,7 @@ class _Lane:
 
 
 async def store_validated_stream(
-    chunks: AsyncIterator[bytes], validator: Validator[C], writer: ObjectWriter
+    chunks: AsyncIterator[bytes | memoryview], validator: Validator[C], writer: ObjectWriter
 ) -> C:
     """Stream `chunks` through `validator` into `writer`; commit only on a clean verdict.
 
@@ -201,7 +201,7 @@ class MultipartObjectWriter:
         """The object key being written."""
         return self._key
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         """Buffer `data`; ship every full part (waiting for the previous one first)."""
         self._buffer += data
         self.bytes_written += len(data)

@@ -1,20 +1,22 @@
 """One S3 PUT whose body is sent while the upload's chunks arrive, made visible only by its end.
 
 Why not a plain PUT with `Content-Length`: when the connection closes early a server may keep
-the truncated body as the object. localbucket (the embedded S3 server) does exactly that
-(measured: a PUT of 1000 declared bytes cut after 500 leaves a 500-byte object), so "abort the
-connection" alone cannot guarantee that a refused upload leaves nothing.
+the truncated body as the object. Plain localbucket does exactly that (measured: a PUT of 1000
+declared bytes cut after 500 leaves a 500-byte object; the embedded server's own body reader,
+medmesh/launcher/bucket.py, now refuses it as S3 does), so "abort the connection" alone
+cannot guarantee that a refused upload leaves nothing on every S3-compatible server.
 
 So the body goes in S3's streaming format, the one the AWS SDKs upload with:
 `Content-Encoding: aws-chunked`, `x-amz-content-sha256: STREAMING-UNSIGNED-PAYLOAD-TRAILER`,
 the data framed in chunks (`<hex length>\\r\\n<bytes>\\r\\n`), then a zero-length chunk and a
 trailer `x-amz-checksum-sha256: <base64>` that S3 checks against what it received. A server
-completes the object only on the zero-length chunk (localbucket and moto: a body cut anywhere
-before it is refused and nothing is stored; tests/integration/ingest/test_streaming_put.py).
+completes the object only on the zero-length chunk (the embedded server and moto: a body cut
+anywhere before it is refused, nothing is stored; tests/integration/ingest/test_streaming_put.py).
 The writer holds back the latest chunk and sends it together with the terminator and the
 trailer in `commit()`, which the caller reaches only after every end-of-file check passed;
-`abort()` shuts the socket down instead. Any byte of the terminator commits (localbucket
-accepts `0` without its line end), so it is sent in one piece and never before `commit()`.
+`abort()` shuts the socket down instead. Any byte of the terminator may commit (plain
+localbucket accepted `0` without its line end), so it is sent in one piece and never before
+`commit()`.
 
 The request is signed with minio's SigV4 signer (header auth; the payload itself is unsigned
 and its integrity comes from the trailer). Sends run in a worker thread, one at a time (a
@@ -187,7 +189,7 @@ class StreamingPutWriter:
         self._content_type = content_type
         self._size = size
         self._framer = ChunkFramer(size)
-        self._held: bytes | None = None
+        self._held: bytes | memoryview | None = None
         self._in_flight: asyncio.Future[None] | None = None
         self._conn: http.client.HTTPConnection | None = None
         self._terminated = False
@@ -198,7 +200,7 @@ class StreamingPutWriter:
         """The object key being written."""
         return self._key
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         """Hold `data` back; send the chunk held before it (after the previous send ended)."""
         if not data:
             return

@@ -107,7 +107,7 @@ class Uploads:
         identity: Identity,
         study_id: uuid.UUID,
         declaration: FileDeclaration,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes | memoryview],
     ) -> Accepted:
         """Stream, validate and store one file (see the module docstring for the order)."""
         await self._check_study(identity, study_id)

@@ -148,7 +148,7 @@ class FileValidator:
         self._head = bytearray()
         self._structure: PngStructure | JpegStructure | Utf8Text | None = None
         self._started = False
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []
         self.dimensions: Dimensions | None = None
 
     @property
@@ -164,7 +164,7 @@ class FileValidator:
             return InvalidArgument.for_field(self._prefix + "kind", str(exc))
         return self._content_error(str(exc))
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         """The next bytes of the file; raises InvalidArgument as soon as they are wrong."""
         self._size += len(data)
         if self._size > self._decl.size_bytes:

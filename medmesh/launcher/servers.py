@@ -116,8 +116,9 @@ class NatsServer(EmbeddedServer):
 
 
 class S3Server(EmbeddedServer):
-    """localbucket (a pure-Python S3 server) run with this interpreter; it keeps objects as
-    files in its folder, stores no user metadata and checks no credentials."""
+    """localbucket (a pure-Python S3 server) run with this interpreter, with S3's reading of
+    request bodies (medmesh.launcher.bucket); it keeps objects as files in its folder, stores
+    no user metadata and checks no credentials."""
 
     name = "s3"
     env_var = "MEDMESH_S3_URL"
@@ -134,7 +135,7 @@ class S3Server(EmbeddedServer):
         return [
             sys.executable,
             "-m",
-            "localbucket",
+            "medmesh.launcher.bucket",
             str(self.storage),
             "--host",
             HOST,

@@ -19,6 +19,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
 from svc_infer.model_server.manager import Servable, ServingError, model_spec_of
+from svc_infer.model_server.wire import DecodedPredict
 
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -83,9 +84,20 @@ def _check_shape(alias: str, array: np.ndarray, info: meta_graph_pb2.TensorInfo)
         )
 
 
+def _tensor_array(proto: tensor_pb2.TensorProto, content: memoryview | None) -> np.ndarray:
+    """`tf.make_ndarray(proto)`; with `content` (the tensor_content kept apart by
+    wire.decode_predict_request) a read-only view of those bytes, not a copy."""
+    if not content or proto.dtype in (types_pb2.DT_STRING, types_pb2.DT_INVALID):
+        return tf.make_ndarray(proto)
+    shape = [d.size for d in proto.tensor_shape.dim]
+    dtype = tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype
+    return np.frombuffer(content, dtype=dtype).reshape(shape)
+
+
 def _input_arrays(
-    signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest
+    signature: meta_graph_pb2.SignatureDef, decoded: DecodedPredict
 ) -> dict[str, np.ndarray]:
+    request = decoded.request
     requested, expected = set(request.inputs), set(signature.inputs)
     if requested != expected:
         raise ServingError(
@@ -105,7 +117,7 @@ def _input_arrays(
                 f"{_dtype_name(proto.dtype)} is provided",
             )
         try:
-            array = tf.make_ndarray(proto)
+            array = _tensor_array(proto, decoded.contents.get(alias))
         except (ValueError, TypeError) as exc:
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}"
@@ -135,9 +147,12 @@ def _output_aliases(
 
 
 def run_predict(
-    servable: Servable, request: predict_pb2.PredictRequest
+    servable: Servable, decoded: DecodedPredict | predict_pb2.PredictRequest
 ) -> predict_pb2.PredictResponse:
     """Run the requested signature of `servable` (blocking: call it in a worker thread)."""
+    if isinstance(decoded, predict_pb2.PredictRequest):
+        decoded = DecodedPredict(decoded)
+    request = decoded.request
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature = servable.signature_defs.get(signature_name)
     function = servable.signatures.get(signature_name)
@@ -146,7 +161,7 @@ def run_predict(
             grpc.StatusCode.FAILED_PRECONDITION,
             f'Serving signature key "{signature_name}" not found.',
         )
-    arrays = _input_arrays(signature, request)
+    arrays = _input_arrays(signature, decoded)
     aliases = _output_aliases(signature, request)
     try:
         outputs = function(**{alias: tf.constant(array) for alias, array in arrays.items()})

@@ -26,12 +26,15 @@ from tensorflow_serving.apis import (
     model_service_pb2,
     model_service_pb2_grpc,
     prediction_service_pb2,
-    prediction_service_pb2_grpc,
 )
 
 from svc_infer.model_server.config import ModelServerConfig
 from svc_infer.model_server.manager import ServableManager
-from svc_infer.model_server.servicer import ModelServicer, PredictionServicer
+from svc_infer.model_server.servicer import (
+    ModelServicer,
+    PredictionServicer,
+    add_prediction_service,
+)
 
 _log = structlog.get_logger("svc_infer.model_server")
 
@@ -71,9 +74,7 @@ async def running_model_server(
     manager = ServableManager(config)
     await manager.reconcile()
     server = grpc.aio.server(options=list(UNLIMITED_MESSAGES))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager), server
-    )
+    add_prediction_service(PredictionServicer(manager), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     # Additions to TF Serving, which has neither: the standard health service (container
     # probes: `python -m medmesh.healthcheck HOST:PORT`) and reflection (grpcurl, no protos).

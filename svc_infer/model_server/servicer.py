@@ -9,21 +9,28 @@ requests while a batch is computed. Classify, Regress and MultiInference stay UN
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
     status_pb2,
 )
 
 from svc_infer.model_server import config as server_config
 from svc_infer.model_server.manager import ServableManager, ServingError, model_spec_of
 from svc_infer.model_server.predict import model_metadata, run_predict, validate_metadata_request
+from svc_infer.model_server.wire import DecodedPredict, decode_predict_request
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -33,11 +40,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._manager = manager
 
     async def Predict(  # noqa: N802 - the generated base class names the methods
-        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+        self, request: DecodedPredict, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        """Run a signature of the requested servable."""
+        """Run a signature of the requested servable (the request as `PREDICTION_HANDLERS`
+        decodes it: its tensors are views of the received bytes)."""
         try:
-            servable = self._manager.resolve(model_spec_of(request))
+            servable = self._manager.resolve(model_spec_of(request.request))
             return await asyncio.to_thread(run_predict, servable, request)
         except ServingError as exc:
             await context.abort(exc.code, exc.message)
@@ -98,3 +106,40 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         except ServingError as exc:
             await context.abort(exc.code, exc.message)
         return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
+
+
+def add_prediction_service(servicer: PredictionServicer, server: grpc.aio.Server) -> None:
+    """`add_PredictionServiceServicer_to_server` with one difference: Predict's requests are
+    decoded by `wire.decode_predict_request` (tensors as views of the received bytes)."""
+
+    def handler(method: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request, response_serializer=response.SerializeToString
+        )
+
+    handlers = {
+        "Classify": handler(
+            servicer.Classify,
+            classification_pb2.ClassificationRequest.FromString,
+            classification_pb2.ClassificationResponse,
+        ),
+        "Regress": handler(
+            servicer.Regress,
+            regression_pb2.RegressionRequest.FromString,
+            regression_pb2.RegressionResponse,
+        ),
+        "Predict": handler(servicer.Predict, decode_predict_request, predict_pb2.PredictResponse),
+        "MultiInference": handler(
+            servicer.MultiInference,
+            inference_pb2.MultiInferenceRequest.FromString,
+            inference_pb2.MultiInferenceResponse,
+        ),
+        "GetModelMetadata": handler(
+            servicer.GetModelMetadata,
+            get_model_metadata_pb2.GetModelMetadataRequest.FromString,
+            get_model_metadata_pb2.GetModelMetadataResponse,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(PREDICTION_SERVICE, handlers),)
+    )

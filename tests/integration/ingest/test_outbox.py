@@ -88,6 +88,33 @@ async def test_committed_rows_are_published_in_order_with_their_id_as_msg_id(
         assert await harness.outbox.pending_count(conn) == 0
 
 
+async def test_messages_enqueued_together_are_published_in_the_order_given(
+    harness: Harness,
+) -> None:
+    chosen = uuid.uuid4()
+    subject = harness.topology.infer_image_subject
+    async with harness.database.transaction() as conn:
+        ids = await harness.outbox.enqueue_many(
+            conn,
+            [(subject, job(n), chosen if n == 2 else None, {"x-n": str(n)}) for n in range(6)],
+        )
+    assert ids[2] == str(chosen)
+    assert len(set(ids)) == 6
+    await OutboxRelay.start(
+        harness.outbox,
+        harness.database,
+        harness.js,  # type: ignore[arg-type]
+        harness.stack,
+        listen_url=harness.database_url,
+    )
+    for _ in range(100):
+        if len(published := await harness.stream()) == 6:
+            break
+        await asyncio.sleep(0.05)
+    assert [msg_id for msg_id, _ in published] == ids
+    assert [j.file_id for _, j in published] == [f"file-{n}" for n in range(6)]
+
+
 async def test_a_notify_wakes_the_relay_long_before_its_poll_interval(harness: Harness) -> None:
     relay = await OutboxRelay.start(
         harness.outbox,
