@@ -4,12 +4,20 @@ the same run; and the pipeline's gain from micro-batching next to the model's ow
 batch 8 over batch 1.
 
     python bench/bench_infer_pipeline.py [--jobs 192] [--image-size 512] [--rounds 3]
+                                         [--model-cpus 1]
 
 Everything runs on this machine: embedded PostgreSQL, Redis, NATS and S3 (or the MEDMESH_*
 URLs when set), the model server as its own process (as TF Serving would be), svc_infer
 in this process. The bare model is measured on the same preprocessed tensors the pipeline
 sends, so the pipeline's extra work (PNG download and decode, resize, the gRPC hop, the
 database transaction, events, the cache, acks) is exactly what the ratio charges for.
+
+Two layouts. By default every process shares all CPUs: the pipeline's own work then takes
+CPU from the model, and the ratio is bounded by the model's share of the machine. With
+`--model-cpus 1` the model runs on the CPUs listed, for both figures (the bare model and the
+model server), and everything else on the other CPUs: the production layout, where TF
+Serving has its own cores or GPU; the ratio then says whether the pipeline keeps the model
+as busy as a bare loop does.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,29 +89,65 @@ def make_images(count: int, size: int) -> list[bytes]:
 
 
 class BareModel:
-    """The SavedModel's serving signature, called in this process."""
+    """The SavedModel's serving signature, called in-process: in a process of its own, so
+    that it can run on the same CPUs as the model server (`--model-cpus`)."""
 
-    def __init__(self, base: Path, warm_up: np.ndarray) -> None:
-        import tensorflow as tf
+    def __init__(self, base: Path, tensors: np.ndarray, workdir: Path, cpus: set[int]) -> None:
+        path = workdir / "tensors.npy"
+        np.save(path, tensors)
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, "bare", str(base), str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=pinned(cpus),  # noqa: PLW1509 - only sets the CPU affinity
+        )
 
-        self._tf = tf
-        model = tf.saved_model.load(str(base / "resnet50" / "1"))
-        self._serve = model.signatures["serving_default"]
-        for batch in (1, BATCH):  # graph tracing and allocations, per batch shape
-            self._serve(image=tf.constant(warm_up[:batch]))
+    def rate(self, batch: int) -> float:
+        """Images/s at `batch` over all of the tensors."""
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.write(f"{batch}\n")
+        self._process.stdin.flush()
+        answer = self._process.stdout.readline()
+        if not answer:
+            raise RuntimeError("the bare model process exited")
+        return float(answer)
 
-    def rate(self, tensors: np.ndarray, batch: int) -> float:
-        """Images/s at `batch` over all of `tensors`."""
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        self._process.wait(timeout=60)
+
+
+def bare_child(base: Path, tensors_path: Path) -> None:
+    """Child: load the SavedModel, then answer each batch size on stdin with images/s."""
+    import tensorflow as tf
+
+    tensors = np.load(tensors_path)
+    serve = tf.saved_model.load(str(base / "resnet50" / "1")).signatures["serving_default"]
+    for batch in (1, BATCH):  # graph tracing and allocations, per batch shape
+        serve(image=tf.constant(tensors[:batch]))
+    for line in sys.stdin:
+        batch = int(line)
         started = time.perf_counter()
         done = 0
         for start in range(0, len(tensors) - batch + 1, batch):
-            chunk = self._tf.constant(tensors[start : start + batch])
-            self._serve(image=chunk)["probabilities"].numpy()
+            serve(image=tf.constant(tensors[start : start + batch]))["probabilities"].numpy()
             done += batch
-        return done / (time.perf_counter() - started)
+        print(done / (time.perf_counter() - started), flush=True)
 
 
-def start_model_server(base: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def pinned(cpus: set[int]) -> Callable[[], None] | None:
+    """A preexec_fn that confines a child to `cpus` (None: no confinement)."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def start_model_server(
+    base: Path, workdir: Path, cpus: set[int]
+) -> tuple[subprocess.Popen[bytes], str]:
     """`python -m svc_infer.model_server` in its own process, as TF Serving would run."""
     ready = workdir / "model-server.json"
     process = subprocess.Popen(
@@ -123,6 +167,7 @@ def start_model_server(base: Path, workdir: Path) -> tuple[subprocess.Popen[byte
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=pinned(cpus),  # noqa: PLW1509 - only sets the CPU affinity
     )
     for _ in range(1200):
         if ready.exists():
@@ -280,15 +325,25 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=192)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--model-cpus", default="", help="CPU ids for the model (bare and served), e.g. 1"
+    )
     args = parser.parse_args()
     jobs = max(BATCH * 2, args.jobs - args.jobs % BATCH)
+    model_cpus = {int(c) for c in args.model_cpus.split(",") if c}
+    if model_cpus:
+        others = os.sched_getaffinity(0) - model_cpus
+        if not others or not model_cpus <= os.sched_getaffinity(0):
+            parser.error("--model-cpus must leave at least one of this machine's CPUs free")
+        # This thread, and so every thread and child started from here on (svc_infer, the
+        # embedded dependencies), runs on the other CPUs.
+        os.sched_setaffinity(0, others)
 
     base = build_model()
     images = make_images(jobs, args.image_size)
     spec = ImageSpec(color_order="BGR", mean=(0.406, 0.458, 0.485), std=(1 / 255,) * 3)
     tensors = np.stack([prepare_image(data, FileKind.IMAGE_PNG, spec).tensor for data in images])
 
-    bare = BareModel(base, tensors)
     # The machine is shared: each pipeline run is measured between two runs of the bare
     # model at the same batch size, and each figure is the best of its rounds.
     figures: dict[str, list[float]] = {"bare8": [], "pipe8": [], "bare1": [], "pipe1": []}
@@ -297,23 +352,25 @@ async def main() -> None:
         tempfile.TemporaryDirectory() as workdir,
         EmbeddedDependencies(Path(workdir) / "deps", os.environ) as urls,
     ):
-        process, address = start_model_server(base, Path(workdir))
+        bare = BareModel(base, tensors, Path(workdir), model_cpus)
+        process, address = start_model_server(base, Path(workdir), model_cpus)
         try:
             for _ in range(args.rounds):
                 # The bare model right before AND right after each pipeline run: the floor
                 # is the best of those, so a quiet moment never flatters the pipeline.
-                figures["bare8"].append(bare.rate(tensors, BATCH))
+                figures["bare8"].append(bare.rate(BATCH))
                 cpu_rounds.append({})
                 figures["pipe8"].append(
                     await pipeline_rate(urls, address, images, batch_size=BATCH, cpu=cpu_rounds[-1])
                 )
-                figures["bare8"].append(bare.rate(tensors, BATCH))
-                figures["bare1"].append(bare.rate(tensors, 1))
+                figures["bare8"].append(bare.rate(BATCH))
+                figures["bare1"].append(bare.rate(1))
                 figures["pipe1"].append(await pipeline_rate(urls, address, images, batch_size=1))
-                figures["bare1"].append(bare.rate(tensors, 1))
+                figures["bare1"].append(bare.rate(1))
         finally:
             process.terminate()
             process.wait(timeout=30)
+            bare.close()
     bare_8, pipe_8, bare_1, pipe_1 = (max(figures[k]) for k in ("bare8", "pipe8", "bare1", "pipe1"))
     print("\nrounds:", {k: [round(v, 2) for v in values] for k, values in figures.items()})
     # Under outside load the best-of figures can come from different moments; the ratio of
@@ -329,11 +386,16 @@ async def main() -> None:
     print(f"\nCPU seconds per process during each batch-8 pipeline run ({jobs} jobs):")
     for name in cpu_rounds[0]:
         print(f"  {name:18} " + "  ".join(f"{r.get(name, 0.0):6.2f}" for r in cpu_rounds))
-    others = [sum(v for k, v in r.items() if k != "model server") for r in cpu_rounds]
-    print(f"  {'all but the model':18} " + "  ".join(f"{v:6.2f}" for v in others))
+    beside = [sum(v for k, v in r.items() if k != "model server") for r in cpu_rounds]
+    print(f"  {'all but the model':18} " + "  ".join(f"{v:6.2f}" for v in beside))
+    layout = (
+        f"the model on CPUs {sorted(model_cpus)}, the rest on {sorted(others)}"
+        if model_cpus
+        else f"{os.cpu_count()} CPUs shared by all"
+    )
     print(
         f"\nResNet-50 (untrained, real cost), {jobs} PNG jobs of {args.image_size}px, "
-        f"{os.cpu_count()} CPUs, best of {args.rounds} rounds\n"
+        f"{layout}, best of {args.rounds} rounds\n"
     )
     line("P1 pipeline jobs/s, micro-batch 8", pipe_8, "bare SavedModel img/s, batch 8", bare_8, 0.9)
     line(
@@ -355,4 +417,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if len(sys.argv) == 4 and sys.argv[1] == "bare":
+        bare_child(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        asyncio.run(main())
