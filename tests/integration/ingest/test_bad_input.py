@@ -128,7 +128,7 @@ CORPUS: list[tuple[str, Callable[[str], Messages], str]] = [
     ("wrong sha256", upload(FileKind.IMAGE_PNG, PNG, sha256="0" * 64), "metadata.sha256"),
     ("malformed sha256", upload(FileKind.IMAGE_PNG, PNG, sha256="XYZ"), "metadata.sha256"),
     (
-        "large png with wrong sha256 after multipart parts were sent",
+        "large png with wrong sha256 after most of it reached S3",
         upload(FileKind.IMAGE_PNG, LARGE_PNG, sha256=sha256(PNG)),
         "metadata.sha256",
     ),

@@ -30,6 +30,17 @@ class Harness:
     stack: AsyncExitStack
     database_url: str
 
+    async def start_relay(self, options: RelayOptions | None = None) -> OutboxRelay:
+        """The relay of this harness's outbox, listening for its NOTIFY."""
+        return await OutboxRelay.start(
+            self.outbox,
+            self.database,
+            self.js,  # type: ignore[arg-type]
+            self.stack,
+            listen_url=self.database_url,
+            options=options,
+        )
+
     async def stream(self) -> list[tuple[str, InferenceJob]]:
         info = await self.js.stream_info(self.topology.jobs_stream)  # type: ignore[attr-defined]
         found: list[tuple[str, InferenceJob]] = []
@@ -70,13 +81,7 @@ async def test_committed_rows_are_published_in_order_with_their_id_as_msg_id(
             ids.append(
                 await harness.outbox.enqueue(conn, harness.topology.infer_image_subject, job(n))
             )
-    relay = await OutboxRelay.start(
-        harness.outbox,
-        harness.database,
-        harness.js,  # type: ignore[arg-type]
-        harness.stack,
-        listen_url=harness.database_url,
-    )
+    relay = await harness.start_relay()
     for _ in range(100):
         if relay.published_total == 5:
             break
@@ -100,13 +105,7 @@ async def test_messages_enqueued_together_are_published_in_the_order_given(
         )
     assert ids[2] == str(chosen)
     assert len(set(ids)) == 6
-    await OutboxRelay.start(
-        harness.outbox,
-        harness.database,
-        harness.js,  # type: ignore[arg-type]
-        harness.stack,
-        listen_url=harness.database_url,
-    )
+    await harness.start_relay()
     for _ in range(100):
         if len(published := await harness.stream()) == 6:
             break
@@ -116,14 +115,7 @@ async def test_messages_enqueued_together_are_published_in_the_order_given(
 
 
 async def test_a_notify_wakes_the_relay_long_before_its_poll_interval(harness: Harness) -> None:
-    relay = await OutboxRelay.start(
-        harness.outbox,
-        harness.database,
-        harness.js,  # type: ignore[arg-type]
-        harness.stack,
-        listen_url=harness.database_url,
-        options=RelayOptions(poll_interval_s=60),
-    )
+    relay = await harness.start_relay(RelayOptions(poll_interval_s=60))
     await asyncio.sleep(0.3)  # the listener is up
     async with harness.database.transaction() as conn:
         await harness.outbox.enqueue(conn, harness.topology.infer_text_subject, job(1))

@@ -130,9 +130,10 @@ async def test_the_same_bytes_in_another_study_of_the_clinic_share_one_object(
     assert len(ingest.object_keys()) == 1  # one copy for the clinic
 
 
-async def test_a_large_file_streams_through_multipart_and_arrives_intact(ingest: Ingest) -> None:
+async def test_a_large_file_streams_to_s3_and_arrives_intact(ingest: Ingest) -> None:
+    # One streaming PUT (the default writer; multipart is covered in test_streaming_put.py).
     study = await ingest.create_study()
-    data = png(2000, 1800, seed=1, level=0)  # ~10.8 MiB: three 5 MiB parts
+    data = png(2000, 1800, seed=1, level=0)  # ~10.8 MiB: eleven 1 MiB chunks
     assert len(data) > 2 * ingest.config.part_size_bytes
     response = await ingest.upload(study, data, FileKind.IMAGE_PNG, chunk_size=1024 * 1024)
     (key,) = ingest.object_keys()
