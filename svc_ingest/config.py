@@ -6,10 +6,9 @@ Read once at start-up from `Settings.extra`; tests build `IngestConfig(...)` dir
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
-from medmesh.settings import SettingsError
+from medmesh.settings import SettingsError, config_from_env
 
 MIB = 1024 * 1024
 
@@ -64,19 +63,4 @@ class IngestConfig:
     @classmethod
     def from_extra(cls, extra: Mapping[str, str]) -> IngestConfig:
         """Parse `Settings.extra` (the MEDMESH_INGEST_* variables); unset ones keep defaults."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f"MEDMESH_INGEST_{f.name.upper()}"
-            raw = extra.get(name, "").strip()
-            if not raw:
-                continue
-            try:
-                if f.name == "dicom_transfer_syntaxes":
-                    values[f.name] = tuple(u.strip() for u in raw.split(",") if u.strip())
-                elif f.name.endswith("_s"):
-                    values[f.name] = float(raw)
-                else:
-                    values[f.name] = int(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number") from None
-        return cls(**values)
+        return config_from_env(cls, extra, "MEDMESH_INGEST_")
