@@ -71,3 +71,34 @@ async def record_audit_event(
     if event_id is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
         raise RuntimeError("INSERT INTO audit.events returned no id")
     return int(event_id)
+
+
+async def record_audit_events(
+    conn: psycopg.AsyncConnection[Any],
+    actor: AuditActor,
+    action: str,
+    events: Sequence[tuple[str, str, str | None, Mapping[str, Any]]],
+) -> None:
+    """`record_audit_event` for many (clinic, resource, study, detail) of one actor and
+    action, in one statement (for batches; the ids are not returned)."""
+    if not events:
+        return
+    await conn.execute(
+        """
+        INSERT INTO audit.events
+            (clinic_id, actor_user_id, actor_roles, action, resource, study_id, detail)
+        SELECT e.clinic_id, %s, %s::text[], %s, e.resource, e.study_id, e.detail
+        FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[])
+            WITH ORDINALITY AS e(clinic_id, resource, study_id, detail, position)
+        ORDER BY e.position
+        """,
+        (
+            actor.user_id,
+            list(actor.roles),
+            action,
+            [e[0] for e in events],
+            [e[1] for e in events],
+            [e[2] for e in events],
+            [Jsonb(dict(e[3])) for e in events],
+        ),
+    )

@@ -28,9 +28,9 @@ from gen.medmesh.infer.v1 import (
 from gen.medmesh.infer.v1 import (
     TrafficWeight as TrafficWeightProto,
 )
+from svc_infer.dead_letter_store import DeadLetterRow
 from svc_infer.registry import InputSpec, Model, ModelVersion, TrafficWeight
 from svc_infer.results import StoredResult
-from svc_infer.store import DeadLetterRow
 
 
 def result_name(study_id: str, result_id: str) -> str:

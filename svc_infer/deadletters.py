@@ -28,7 +28,7 @@ from medmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from medmesh.jetstream import MSG_ID_HEADER, publish_message
 from medmesh.outbox import Outbox
 from medmesh.resources import JetStream
-from svc_infer import store
+from svc_infer import dead_letter_store
 from svc_infer.pages import decode_token, encode_token, page_size
 from svc_infer.writer import announce_failure
 
@@ -112,9 +112,9 @@ class DeadLetterIndexer:
                     continue
                 letter_id = dead_letter_id(meta.stream, meta.sequence.stream)
                 failed_at = envelope.last_failure_time or meta.timestamp
-                inserted = await store.index_dead_letter(
+                inserted = await dead_letter_store.index_dead_letter(
                     conn,
-                    store.DeadLetterRow(
+                    dead_letter_store.DeadLetterRow(
                         dead_letter_id=letter_id,
                         stream_sequence=meta.sequence.stream,
                         subject=envelope.original_subject,
@@ -153,7 +153,7 @@ class DeadLetters:
 
     async def list(
         self, clinic_id: str, size: int, token: str, subject: str
-    ) -> tuple[list[store.DeadLetterRow], str]:
+    ) -> tuple[list[dead_letter_store.DeadLetterRow], str]:
         """One page, newest failure first."""
         limit = page_size(size)
         key = decode_token("dead-letters", token, 3)
@@ -163,7 +163,9 @@ class DeadLetters:
                 raise InvalidArgument.for_field("page_token", "belongs to another filter")
             after = (datetime.fromisoformat(key[0]), uuid.UUID(key[1]))
         async with self._database.read_connection() as conn:
-            rows = await store.list_dead_letters(conn, clinic_id, subject, after, limit + 1)
+            rows = await dead_letter_store.list_dead_letters(
+                conn, clinic_id, subject, after, limit + 1
+            )
         more = len(rows) > limit
         rows = rows[:limit]
         token_out = (
@@ -176,14 +178,14 @@ class DeadLetters:
         )
         return rows, token_out
 
-    async def replay(self, clinic_id: str, letter_id: str) -> store.DeadLetterRow:
+    async def replay(self, clinic_id: str, letter_id: str) -> dead_letter_store.DeadLetterRow:
         """Republish the letter's job on its original subject, once."""
         try:
             key = uuid.UUID(letter_id)
         except ValueError:
             raise NotFound(f"deadLetters/{letter_id} does not exist") from None
         async with self._database.transaction() as conn:
-            letter = await store.lock_dead_letter(conn, clinic_id, key)
+            letter = await dead_letter_store.lock_dead_letter(conn, clinic_id, key)
             if letter is None:
                 raise NotFound(f"deadLetters/{letter_id} does not exist")
             if letter.replay_time is not None:
@@ -202,9 +204,9 @@ class DeadLetters:
                 msg_id=f"replay-{letter.dead_letter_id}",
                 headers=headers,
             )
-            replayed_at = await store.mark_replayed(conn, key)
+            replayed_at = await dead_letter_store.mark_replayed(conn, key)
             job = _job(letter.payload)
             if job is not None:
-                await store.forget_failures(conn, job.job_id)
+                await dead_letter_store.forget_failures(conn, job.job_id)
         log.info("dead_letter.replayed", dead_letter=letter_id, subject=letter.subject)
-        return store.DeadLetterRow(**{**letter.__dict__, "replay_time": replayed_at})
+        return dead_letter_store.DeadLetterRow(**{**letter.__dict__, "replay_time": replayed_at})

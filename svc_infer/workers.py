@@ -34,7 +34,7 @@ from medmesh.db import Database
 from medmesh.errors import DomainError
 from medmesh.jetstream import ConsumerSpec, publish_dead_letter
 from medmesh.resources import JetStream
-from svc_infer import metrics, store
+from svc_infer import dead_letter_store, metrics, store
 from svc_infer.config import InferConfig
 from svc_infer.pipeline import Delivery, ImagePipeline, Outcome, TextPipeline, describe, queue_ms
 from svc_infer.routing import Registry
@@ -262,7 +262,7 @@ class JobConsumer:
         first_failure: datetime | None = None
         try:
             async with self._database.transaction() as conn:
-                first_failure = await store.record_failure(
+                first_failure = await dead_letter_store.record_failure(
                     conn, delivery.job.job_id, delivery.job.clinic_id, delivery.attempt, error
                 )
         except Exception as exc:  # noqa: BLE001 - counting is best effort; the retry is not

@@ -22,7 +22,7 @@ from gen.medmesh.events.v1 import (
     ResultReady,
     StudyResultsReady,
 )
-from medmesh.audit import Actor
+from medmesh.audit import Actor, record_audit_events
 from medmesh.db import Connection, Database
 from medmesh.jetstream import Topology
 from medmesh.outbox import Outbox, OutboxEntry
@@ -68,7 +68,7 @@ class ResultWriter:
             ]
             async with conn.pipeline():
                 await self._outbox.enqueue_many(conn, events)
-                await store.record_audit_events(
+                await record_audit_events(
                     conn, WORKER_ACTOR, "result.store", [_audit_of(row) for row in stored]
                 )
                 await store.mark_studies_announced(
