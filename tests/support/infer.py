@@ -19,7 +19,6 @@ import grpc
 import numpy as np
 import psycopg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg.rows import dict_row
 from redis.asyncio import Redis
 
@@ -29,6 +28,7 @@ from medmesh.client import AsyncStub
 from medmesh.jetstream import ProtoMessage, Topology, publish_message
 from medmesh.objects import RAW_IMAGES, ObjectStore
 from medmesh.settings import Settings
+from support.jetstream import published
 from support.tokens import TokenFactory
 
 CLINIC = "clinic-a"
@@ -153,28 +153,7 @@ class InferHarness:
         self, subject: str, cls: type[ProtoMessage], *, count: int = 1, timeout_s: float = 30
     ) -> list[Any]:
         """Every message on `subject` so far (at least `count`), decoded as `cls`."""
-        stream = await self.js.find_stream_name_by_subject(subject)
-        sub = await self.js.pull_subscribe(
-            subject,
-            stream=stream,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30),
-        )
-        found: list[Any] = []
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        try:
-            while asyncio.get_running_loop().time() < deadline:
-                try:
-                    batch = await sub.fetch(100, timeout=0.5)
-                except TimeoutError:
-                    if len(found) >= count:
-                        break
-                    continue
-                for msg in batch:
-                    await msg.ack()
-                    found.append(cls.FromString(msg.data))
-        finally:
-            await sub.unsubscribe()
-        return found
+        return await published(self.js, subject, cls, count=count, timeout_s=timeout_s)
 
 
 async def wait_until_consumed(infer: InferHarness, durable: str, timeout_s: float = 120) -> None:

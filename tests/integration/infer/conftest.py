@@ -3,8 +3,6 @@ PostgreSQL, Redis, NATS JetStream, S3 and model server, with this test's own nam
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -15,6 +13,7 @@ from nats.aio.client import Client as NatsClient
 from redis.asyncio import Redis
 from support.infer import InferHarness
 from support.models import model_base_dir, model_server_address  # noqa: F401 - fixtures
+from support.serving import served
 from support.tokens import TokenFactory
 
 from medmesh.client import AsyncStub
@@ -22,7 +21,7 @@ from medmesh.contract import DescriptorImage
 from medmesh.jetstream import Topology, connect_nats
 from medmesh.migrate import service_migrations
 from medmesh.objects import ObjectStore
-from medmesh.runtime import ServiceParts, serve
+from medmesh.runtime import ServiceParts
 from medmesh.settings import Settings
 from svc_infer import app
 from svc_infer.service import INFERENCE_SERVICE, REGISTRY_SERVICE
@@ -71,38 +70,28 @@ async def infer(
         parts.verifier = tokens.verifier()
         return parts
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        serve(settings, setup, migrations=service_migrations("infer"), stop=stop)
-    )
-    while not ready_file.exists():
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
-    ready = json.loads(ready_file.read_text())
-    image = DescriptorImage()
-    nc: NatsClient
-    nc, js = await connect_nats(nats_url, name="infer-test")
-    objects = ObjectStore(s3_url, bucket_prefix=f"{name_prefix}-")
-    redis = Redis.from_url(redis_url)
-    try:
-        async with grpc.aio.insecure_channel(ready["grpc"]) as channel:
-            yield InferHarness(
-                settings=settings,
-                topology=Topology(subject_root=name_prefix, stream_prefix=name_prefix.upper()),
-                channel=channel,
-                inference=AsyncStub(channel, INFERENCE_SERVICE, image),
-                registry=AsyncStub(channel, REGISTRY_SERVICE, image),
-                js=js,
-                objects=objects,
-                redis=redis,
-                database_url=database_url,
-                tokens=tokens,
-                ready=ready,
-            )
-    finally:
-        stop.set()
-        await task
-        await nc.drain()
-        await redis.aclose()
-        objects.close()
+    async with served(settings, setup, migrations=service_migrations("infer")) as ready:
+        image = DescriptorImage()
+        nc: NatsClient
+        nc, js = await connect_nats(nats_url, name="infer-test")
+        objects = ObjectStore(s3_url, bucket_prefix=f"{name_prefix}-")
+        redis = Redis.from_url(redis_url)
+        try:
+            async with grpc.aio.insecure_channel(ready["grpc"]) as channel:
+                yield InferHarness(
+                    settings=settings,
+                    topology=Topology(subject_root=name_prefix, stream_prefix=name_prefix.upper()),
+                    channel=channel,
+                    inference=AsyncStub(channel, INFERENCE_SERVICE, image),
+                    registry=AsyncStub(channel, REGISTRY_SERVICE, image),
+                    js=js,
+                    objects=objects,
+                    redis=redis,
+                    database_url=database_url,
+                    tokens=tokens,
+                    ready=ready,
+                )
+        finally:
+            await nc.drain()
+            await redis.aclose()
+            objects.close()

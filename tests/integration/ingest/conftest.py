@@ -18,6 +18,7 @@ import nats
 import psycopg
 import pytest
 from nats.js.errors import NotFoundError
+from support.serving import served
 from support.tokens import TokenFactory
 
 from gen.medmesh.common.v1 import FileKind
@@ -35,7 +36,6 @@ from medmesh.jetstream import Topology
 from medmesh.migrate import service_migrations
 from medmesh.objects import RAW_IMAGES, ObjectStore
 from medmesh.outbox import RelayOptions
-from medmesh.runtime import serve
 from medmesh.settings import Settings
 from svc_ingest.app import INGEST_SERVICE, build
 from svc_ingest.config import MIB, IngestConfig
@@ -230,10 +230,10 @@ def start_ingest(
     async def start(
         *, nats: str | None = None, s3: str | None = None, s3_data_dir: Path | None = None
     ) -> AsyncIterator[Ingest]:
-        ready = tmp_path / f"ready-{len(list(tmp_path.glob('ready-*')))}.json"
+        ready_file = tmp_path / f"ready-{len(list(tmp_path.glob('ready-*')))}.json"
         settings = Settings(
             service="ingest",
-            ready_file=ready,
+            ready_file=ready_file,
             metrics_addr="",
             postgres_url=database_url,
             nats_url=nats or nats_url,
@@ -253,41 +253,26 @@ def start_ingest(
                 relay_options=RelayOptions(poll_interval_s=0.5, backoff_max_s=1.0),
             )
 
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            serve(
-                settings,
-                setup,
-                migrations=service_migrations("ingest"),
-                image=contract_image,
-                stop=stop,
-            )
-        )
-        try:
-            while not ready.exists():
-                if task.done():
-                    task.result()
-                    raise AssertionError("svc_ingest stopped before it was ready")
-                await asyncio.sleep(0.02)
-            address = json.loads(ready.read_text())["grpc"]
+        migrations = service_migrations("ingest")
+        async with served(settings, setup, migrations=migrations, image=contract_image) as ready:
             objects = ObjectStore(settings.s3_url, bucket_prefix=settings.s3_bucket_prefix)
-            async with grpc.aio.insecure_channel(address) as channel:
-                yield Ingest(
-                    stub=AsyncStub(channel, INGEST_SERVICE, contract_image),
-                    settings=settings,
-                    config=ingest_config,
-                    tokens=tokens,
-                    database_url=database_url,
-                    objects=objects,
-                    topology=Topology(
-                        subject_root=settings.subject_root, stream_prefix=settings.stream_prefix
-                    ),
-                    s3_data_dir=s3_data_dir,
-                )
-            objects.close()
-        finally:
-            stop.set()
-            await task
+            try:
+                async with grpc.aio.insecure_channel(ready["grpc"]) as channel:
+                    yield Ingest(
+                        stub=AsyncStub(channel, INGEST_SERVICE, contract_image),
+                        settings=settings,
+                        config=ingest_config,
+                        tokens=tokens,
+                        database_url=database_url,
+                        objects=objects,
+                        topology=Topology(
+                            subject_root=settings.subject_root,
+                            stream_prefix=settings.stream_prefix,
+                        ),
+                        s3_data_dir=s3_data_dir,
+                    )
+            finally:
+                objects.close()
 
     return start
 

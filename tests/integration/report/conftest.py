@@ -5,8 +5,6 @@ the test database, so the read models (views) svc_report reads exist as in produ
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -17,6 +15,7 @@ from nats.aio.client import Client as NatsClient
 from redis.asyncio import Redis
 from report_harness import Mailbox, ReportHarness
 from report_mis import MisReceiver, TlsFiles, make_tls_files, running_mis
+from support.serving import served
 from support.tokens import TokenFactory
 
 from medmesh.client import AsyncStub
@@ -25,7 +24,7 @@ from medmesh.jetstream import Topology, connect_nats
 from medmesh.mailsink import FreePortController
 from medmesh.migrate import AUDIT, service_migrations
 from medmesh.objects import ObjectStore
-from medmesh.runtime import Migrations, ServiceParts, serve
+from medmesh.runtime import Migrations, ServiceParts
 from medmesh.settings import SERVICES, Settings
 from svc_report import app
 from svc_report.service import REPORT_SERVICE
@@ -113,32 +112,24 @@ async def reports(
         parts.verifier = tokens.verifier()
         return parts
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, setup, migrations=all_migrations(), stop=stop))
-    while not ready_file.exists():
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
-    ready = json.loads(ready_file.read_text())
-    nc: NatsClient
-    nc, js = await connect_nats(nats_url, name="report-test")
-    objects = ObjectStore(s3_url, bucket_prefix=f"{name_prefix}-")
-    redis = Redis.from_url(redis_url)
-    try:
-        async with grpc.aio.insecure_channel(ready["grpc"]) as channel:
-            yield ReportHarness(
-                report=AsyncStub(channel, REPORT_SERVICE, DescriptorImage()),
-                js=js,
-                topology=Topology(subject_root=name_prefix, stream_prefix=name_prefix.upper()),
-                objects=objects,
-                redis=redis,
-                database_url=database_url,
-                tokens=tokens,
-                prefix=name_prefix,
-            )
-    finally:
-        stop.set()
-        await task
-        await nc.drain()
-        await redis.aclose()
-        objects.close()
+    async with served(settings, setup, migrations=all_migrations()) as ready:
+        nc: NatsClient
+        nc, js = await connect_nats(nats_url, name="report-test")
+        objects = ObjectStore(s3_url, bucket_prefix=f"{name_prefix}-")
+        redis = Redis.from_url(redis_url)
+        try:
+            async with grpc.aio.insecure_channel(ready["grpc"]) as channel:
+                yield ReportHarness(
+                    report=AsyncStub(channel, REPORT_SERVICE, DescriptorImage()),
+                    js=js,
+                    topology=Topology(subject_root=name_prefix, stream_prefix=name_prefix.upper()),
+                    objects=objects,
+                    redis=redis,
+                    database_url=database_url,
+                    tokens=tokens,
+                    prefix=name_prefix,
+                )
+        finally:
+            await nc.drain()
+            await redis.aclose()
+            objects.close()

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import psycopg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from PIL import Image
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from redis.asyncio import Redis
+from support.jetstream import published
 from support.tokens import TokenFactory
 
 from gen.medmesh.common.v1 import AnalysisKind, FileKind, LabelScore
@@ -174,28 +174,7 @@ class ReportHarness:
         self, subject: str, cls: type[ProtoMessage], *, count: int = 1, timeout_s: float = 30
     ) -> list[Any]:
         """Every message on `subject` so far (waiting for at least `count`), decoded."""
-        stream = await self.js.find_stream_name_by_subject(subject)
-        sub = await self.js.pull_subscribe(
-            subject,
-            stream=stream,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30),
-        )
-        found: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                try:
-                    batch = await sub.fetch(100, timeout=0.5)
-                except TimeoutError:
-                    if len(found) >= count:
-                        break
-                    continue
-                for msg in batch:
-                    await msg.ack()
-                    found.append(cls.FromString(msg.data))
-        finally:
-            await sub.unsubscribe()
-        return found
+        return await published(self.js, subject, cls, count=count, timeout_s=timeout_s)
 
     # ------------------------------------------------------------------ seeding
 
