@@ -1,4 +1,5 @@
-"""A service under test, served in the test's own event loop by the real runtime."""
+"""A service under test, served in the test's own event loop by the real runtime, and the
+test's own clients of what the service uses."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from nats.js import JetStreamContext
+from redis.asyncio import Redis
+
+from medmesh.jetstream import connect_nats
+from medmesh.objects import ObjectStore
 from medmesh.runtime import serve
 from medmesh.settings import Settings
 
@@ -30,3 +37,27 @@ async def served(settings: Settings, setup: Any, **serve_options: Any) -> AsyncI
     finally:
         stop.set()
         await task
+
+
+@dataclass
+class Clients:
+    """The test's own connections to what a service uses, named like the service's."""
+
+    js: JetStreamContext
+    objects: ObjectStore
+    redis: Redis
+
+
+@asynccontextmanager
+async def clients(settings: Settings, name: str) -> AsyncIterator[Clients]:
+    """JetStream, S3 (with the service's bucket prefix) and Redis for `settings`; closed
+    when the block exits."""
+    nc, js = await connect_nats(settings.nats_url, name=name)
+    objects = ObjectStore(settings.s3_url, bucket_prefix=settings.s3_bucket_prefix)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        yield Clients(js, objects, redis)
+    finally:
+        await nc.drain()
+        await redis.aclose()
+        objects.close()

@@ -9,18 +9,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from nats.aio.client import Client as NatsClient
-from redis.asyncio import Redis
 from support.infer import InferHarness
 from support.models import model_base_dir, model_server_address  # noqa: F401 - fixtures
-from support.serving import served
+from support.serving import clients, served
 from support.tokens import TokenFactory
 
 from medmesh.client import AsyncStub
 from medmesh.contract import DescriptorImage
-from medmesh.jetstream import Topology, connect_nats
+from medmesh.jetstream import Topology
 from medmesh.migrate import service_migrations
-from medmesh.objects import ObjectStore
 from medmesh.runtime import ServiceParts
 from medmesh.settings import Settings
 from svc_infer import app
@@ -72,26 +69,20 @@ async def infer(
 
     async with served(settings, setup, migrations=service_migrations("infer")) as ready:
         image = DescriptorImage()
-        nc: NatsClient
-        nc, js = await connect_nats(nats_url, name="infer-test")
-        objects = ObjectStore(s3_url, bucket_prefix=f"{name_prefix}-")
-        redis = Redis.from_url(redis_url)
-        try:
-            async with grpc.aio.insecure_channel(ready["grpc"]) as channel:
-                yield InferHarness(
-                    settings=settings,
-                    topology=Topology(subject_root=name_prefix, stream_prefix=name_prefix.upper()),
-                    channel=channel,
-                    inference=AsyncStub(channel, INFERENCE_SERVICE, image),
-                    registry=AsyncStub(channel, REGISTRY_SERVICE, image),
-                    js=js,
-                    objects=objects,
-                    redis=redis,
-                    database_url=database_url,
-                    tokens=tokens,
-                    ready=ready,
-                )
-        finally:
-            await nc.drain()
-            await redis.aclose()
-            objects.close()
+        async with (
+            clients(settings, "infer-test") as used,
+            grpc.aio.insecure_channel(ready["grpc"]) as channel,
+        ):
+            yield InferHarness(
+                settings=settings,
+                topology=Topology(subject_root=name_prefix, stream_prefix=name_prefix.upper()),
+                channel=channel,
+                inference=AsyncStub(channel, INFERENCE_SERVICE, image),
+                registry=AsyncStub(channel, REGISTRY_SERVICE, image),
+                js=used.js,
+                objects=used.objects,
+                redis=used.redis,
+                database_url=database_url,
+                tokens=tokens,
+                ready=ready,
+            )

@@ -11,19 +11,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from nats.aio.client import Client as NatsClient
-from redis.asyncio import Redis
 from report_harness import Mailbox, ReportHarness
 from report_mis import MisReceiver, TlsFiles, make_tls_files, running_mis
-from support.serving import served
+from support.serving import clients, served
 from support.tokens import TokenFactory
 
 from medmesh.client import AsyncStub
 from medmesh.contract import DescriptorImage
-from medmesh.jetstream import Topology, connect_nats
+from medmesh.jetstream import Topology
 from medmesh.mailsink import FreePortController
 from medmesh.migrate import AUDIT, service_migrations
-from medmesh.objects import ObjectStore
 from medmesh.runtime import Migrations, ServiceParts
 from medmesh.settings import SERVICES, Settings
 from svc_report import app
@@ -112,24 +109,18 @@ async def reports(
         parts.verifier = tokens.verifier()
         return parts
 
-    async with served(settings, setup, migrations=all_migrations()) as ready:
-        nc: NatsClient
-        nc, js = await connect_nats(nats_url, name="report-test")
-        objects = ObjectStore(s3_url, bucket_prefix=f"{name_prefix}-")
-        redis = Redis.from_url(redis_url)
-        try:
-            async with grpc.aio.insecure_channel(ready["grpc"]) as channel:
-                yield ReportHarness(
-                    report=AsyncStub(channel, REPORT_SERVICE, DescriptorImage()),
-                    js=js,
-                    topology=Topology(subject_root=name_prefix, stream_prefix=name_prefix.upper()),
-                    objects=objects,
-                    redis=redis,
-                    database_url=database_url,
-                    tokens=tokens,
-                    prefix=name_prefix,
-                )
-        finally:
-            await nc.drain()
-            await redis.aclose()
-            objects.close()
+    async with (
+        served(settings, setup, migrations=all_migrations()) as ready,
+        clients(settings, "report-test") as used,
+        grpc.aio.insecure_channel(ready["grpc"]) as channel,
+    ):
+        yield ReportHarness(
+            report=AsyncStub(channel, REPORT_SERVICE, DescriptorImage()),
+            js=used.js,
+            topology=Topology(subject_root=name_prefix, stream_prefix=name_prefix.upper()),
+            objects=used.objects,
+            redis=used.redis,
+            database_url=database_url,
+            tokens=tokens,
+            prefix=name_prefix,
+        )
