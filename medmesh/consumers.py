@@ -37,16 +37,23 @@ BatchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
 
 FETCH_RETRY_S = 1.0
 """Pause after a failed fetch (connection lost, JetStream unavailable) before the next one."""
+_MIN_FETCH_S = 0.002
+_CANCELLED_WAIT_S = 10.0
 
 
 class PullConsumer:
     """One durable pull consumer and the task that feeds its batches to `handle_batch`.
 
-    `batch_size` bounds how many messages one handler call gets; `fetch_timeout_s` is how long
-    an idle fetch waits, which is also how often the loop looks up when nothing arrives.
-    `stop_grace_s` is how long `stop()` lets the batch in hand finish (and settle) before it
-    is cancelled; with 0 it is cancelled at once and its unsettled messages are redelivered
-    after `ack_wait`.
+    `declare=False` only binds to a consumer that something else declared (`config` then
+    only names it). `batch_size` bounds how many messages one handler call gets;
+    `fetch_timeout_s` is how long an idle fetch waits, which is also how often the loop
+    looks up when nothing arrives.
+    `fill_wait_s`: once a batch has its first messages, how long to wait for more, up to
+    `batch_size` (micro-batching; 0 takes what the first fetch returned). `concurrency`: how
+    many batches may be in the handler at once (the next batch is fetched while earlier ones
+    are handled). `stop_grace_s` is how long `stop()` lets the batches in hand finish (and
+    settle) before they are cancelled; with 0 they are cancelled at once and their unsettled
+    messages are redelivered after `ack_wait`.
     """
 
     def __init__(
@@ -57,23 +64,30 @@ class PullConsumer:
         handle_batch: BatchHandler,
         *,
         name: str | None = None,
+        declare: bool = True,
         batch_size: int = 32,
         fetch_timeout_s: float = 1.0,
+        fill_wait_s: float = 0.0,
+        concurrency: int = 1,
         stop_grace_s: float = 0.0,
         fetch_retry_s: float = FETCH_RETRY_S,
     ) -> None:
         if not config.durable_name:
             raise ValueError("a PullConsumer needs a durable consumer: set durable_name")
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if batch_size < 1 or concurrency < 1:
+            raise ValueError("batch_size and concurrency must be at least 1")
         self.durable: str = config.durable_name
         self.stream = stream
         self.name = name or self.durable
+        self._declare = declare
         self._js = js
         self._config = config
         self._handle_batch = handle_batch
         self._batch_size = batch_size
         self._fetch_timeout_s = fetch_timeout_s
+        self._fill_wait_s = fill_wait_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._in_hand: set[asyncio.Future[None]] = set()
         self._stop_grace_s = stop_grace_s
         self._fetch_retry_s = fetch_retry_s
         self._sub: JetStreamContext.PullSubscription | None = None
@@ -92,7 +106,8 @@ class PullConsumer:
         """
         if self._task is not None:
             raise RuntimeError(f"consumer {self.name} is already started")
-        await self._js.add_consumer(self.stream, self._config)
+        if self._declare:
+            await self._js.add_consumer(self.stream, self._config)
         self._sub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         self._task = asyncio.create_task(self._run(self._sub), name=f"consumer-{self.name}")
         stack.push_async_callback(self.stop)
@@ -117,14 +132,54 @@ class PullConsumer:
                     await sub.unsubscribe()
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        while True:
-            messages = await self._fetch(sub)
-            if messages:
-                await self._dispatch(messages)
+        try:
+            while True:
+                await self._slots.acquire()
+                messages = await self._fetch(sub)
+                if not messages:
+                    self._slots.release()
+                    continue
+                batch = asyncio.ensure_future(self._handle(messages))
+                self._in_hand.add(batch)
+                batch.add_done_callback(self._batch_done)
+        except asyncio.CancelledError:
+            # stop(): the batches in hand get the grace period to settle, then are cancelled
+            # (their unsettled messages come back after ack_wait).
+            if self._in_hand:
+                _, late = await asyncio.wait(set(self._in_hand), timeout=self._stop_grace_s)
+                for batch in late:
+                    batch.cancel()
+                if late:  # bounded: a handler that swallows its cancellation cannot hang stop
+                    await asyncio.wait(late, timeout=_CANCELLED_WAIT_S)
+            raise
+
+    def _batch_done(self, batch: asyncio.Future[None]) -> None:
+        self._in_hand.discard(batch)
+        self._slots.release()
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """Up to batch_size messages: whatever arrives within fetch_timeout_s, then more for
+        up to fill_wait_s while the batch is not full."""
+        messages = await self._fetch_some(sub, self._batch_size, self._fetch_timeout_s)
+        if not messages or self._fill_wait_s <= 0:
+            return messages
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._fill_wait_s
+        while len(messages) < self._batch_size:
+            left = deadline - loop.time()
+            if left < _MIN_FETCH_S:
+                break
+            more = await self._fetch_some(sub, self._batch_size - len(messages), left)
+            if not more:
+                break
+            messages += more
+        return messages
+
+    async def _fetch_some(
+        self, sub: JetStreamContext.PullSubscription, count: int, timeout_s: float
+    ) -> list[Msg]:
         try:
-            return await sub.fetch(self._batch_size, timeout=self._fetch_timeout_s)
+            return await sub.fetch(count, timeout=timeout_s)
         except TimeoutError:  # nats.errors.TimeoutError is one too: nothing arrived
             return []
         except Exception as exc:  # noqa: BLE001 - keep consuming through NATS outages
@@ -133,18 +188,6 @@ class PullConsumer:
             )
             await asyncio.sleep(self._fetch_retry_s)
             return []
-
-    async def _dispatch(self, messages: list[Msg]) -> None:
-        # Shielded, so that stop() can give the batch in hand its grace period to settle.
-        batch = asyncio.ensure_future(self._handle(messages))
-        try:
-            await asyncio.shield(batch)
-        except asyncio.CancelledError:
-            # wait_for cancels the batch (and waits for it) when the grace runs out; with a
-            # grace of 0 it does so at once.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(batch, self._stop_grace_s)
-            raise
 
     async def _handle(self, messages: list[Msg]) -> None:
         try:

@@ -23,13 +23,12 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from gen.medmesh.common.v1 import AnalysisKind, FileKind
 from gen.medmesh.events.v1 import InferenceJob
+from medmesh.consumers import PullConsumer
 from medmesh.db import Database
 from medmesh.errors import DomainError
 from medmesh.jetstream import ConsumerSpec, publish_dead_letter
@@ -78,81 +77,34 @@ class JobConsumer:
         self._pipeline = pipeline
         self._writer = writer
         self._config = config
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._loop_task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._consumer: PullConsumer | None = None
         self.batches_handled = 0
 
     async def start(self, stack: AsyncExitStack) -> None:
-        """Bind to the durable consumer and run the loop until the stack closes."""
-        self._sub = await self._jetstream.js.pull_subscribe_bind(
-            durable=self.spec.durable, stream=self.spec.stream
+        """Bind to the durable consumer (the topology declared it) and run the shared pull
+        loop (medmesh.consumers) until the stack closes: micro-batches of up to `batch_size`
+        jobs filled for `batch_wait_ms`, `concurrency` of them in flight, each given
+        STOP_GRACE_S to settle at shutdown."""
+        self._consumer = PullConsumer(
+            self._jetstream.js,
+            self.spec.stream,
+            self.spec.config(),
+            self._handle,
+            name=self.spec.durable,
+            declare=False,
+            batch_size=self._config.batch_size,
+            fetch_timeout_s=IDLE_FETCH_TIMEOUT_S,
+            fill_wait_s=self._config.batch_wait_ms / 1000.0,
+            concurrency=self._config.concurrency,
+            stop_grace_s=STOP_GRACE_S,
         )
-        self._loop_task = asyncio.create_task(self._run(), name=f"consumer-{self.spec.durable}")
-        stack.push_async_callback(self.stop)
+        await self._consumer.start(stack)
         log.info("consumer.started", consumer=self.spec.durable, model=self._model_name)
 
     async def stop(self) -> None:
-        """Stop fetching, let in-flight batches finish (ack) within a grace period."""
-        # Every wait is bounded: a task that swallows its cancellation (a client library
-        # catching CancelledError) must not keep the service from shutting down.
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.wait({self._loop_task}, timeout=STOP_GRACE_S)
-        if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=STOP_GRACE_S)
-            for task in pending:  # their jobs are redelivered after ack_wait
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=STOP_GRACE_S)
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-
-    async def _run(self) -> None:
-        slots = asyncio.Semaphore(self._config.concurrency)
-        while True:
-            await slots.acquire()
-            try:
-                messages = await self._next_batch()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a NATS hiccup must not end the loop
-                slots.release()
-                log.warning("consumer.fetch_failed", consumer=self.spec.durable, error=str(exc))
-                await asyncio.sleep(1.0)
-                continue
-            if not messages:
-                slots.release()
-                continue
-            task = asyncio.create_task(self._handle(messages))
-            self._inflight.add(task)
-
-            def done(finished: asyncio.Task[None]) -> None:
-                self._inflight.discard(finished)
-                slots.release()
-
-            task.add_done_callback(done)
-
-    async def _next_batch(self) -> list[Msg]:
-        """Up to batch_size messages: wait for the first, then up to batch_wait_ms for more."""
-        assert self._sub is not None
-        size = self._config.batch_size
-        try:
-            messages = await self._sub.fetch(size, timeout=IDLE_FETCH_TIMEOUT_S)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.batch_wait_ms / 1000.0
-        while len(messages) < size:
-            left = deadline - loop.time()
-            if left < 0.002:
-                break
-            try:
-                messages += await self._sub.fetch(size - len(messages), timeout=left)
-            except (TimeoutError, nats.errors.TimeoutError):
-                break
-        return messages
+        """Stop fetching, let in-flight batches finish (ack) within the grace period."""
+        if self._consumer is not None:
+            await self._consumer.stop()
 
     async def _handle(self, messages: Sequence[Msg]) -> None:
         started = time.time()

@@ -204,3 +204,57 @@ async def test_stop_while_a_batch_is_in_hand_honours_the_grace_period(
 
     assert not consumer.running
     await bus.assert_unsettled((0, 0 if settled_by_handler else 1))
+
+
+async def test_a_batch_waits_up_to_its_fill_time_for_messages_that_trickle_in(bus: Nats) -> None:
+    batches: list[int] = []
+    five = asyncio.Event()
+
+    async def handle(messages: Sequence[Msg]) -> None:
+        batches.append(len(messages))
+        for msg in messages:
+            await msg.ack()
+        if sum(batches) >= 5:
+            five.set()
+
+    async with AsyncExitStack() as stack:
+        consumer = PullConsumer(
+            bus.js, bus.stream, bus.config(), handle, batch_size=5, fill_wait_s=2.0
+        )
+        await consumer.start(stack)
+        for n in range(5):  # one at a time, well within the fill time
+            await bus.publish(f"job-{n}".encode())
+            await asyncio.sleep(0.05)
+        await wait_for(five, "five messages")
+    assert batches == [5]
+    await bus.assert_unsettled((0, 0))
+
+
+async def test_up_to_concurrency_batches_are_handled_at_once(bus: Nats) -> None:
+    running, most = 0, 0
+    release = asyncio.Event()
+    two_running = asyncio.Event()
+
+    async def handle(messages: Sequence[Msg]) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        if running == 2:
+            two_running.set()
+        await release.wait()
+        for msg in messages:
+            await msg.ack()
+        running -= 1
+
+    await bus.publish(b"a", b"b", b"c")
+    async with AsyncExitStack() as stack:
+        consumer = PullConsumer(
+            bus.js, bus.stream, bus.config(), handle, batch_size=1, concurrency=2
+        )
+        await consumer.start(stack)
+        await wait_for(two_running, "two batches in the handler")
+        await asyncio.sleep(0.3)  # the third batch must not start while two are in hand
+        assert most == 2
+        release.set()
+        await bus.assert_unsettled((0, 0))
+    assert most == 2
