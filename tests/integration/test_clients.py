@@ -70,6 +70,15 @@ def object_store(s3_url: str, name_prefix: str) -> Iterator[ObjectStore]:
 # JetStream.
 
 
+async def all_stream_names(js: JetStreamContext) -> list[str]:
+    """Every stream's name: the list comes in pages (256 a page), and the session's JetStream
+    holds the streams of every test that ran before this one."""
+    names: list[str] = []
+    while page := await js.streams_info(offset=len(names)):
+        names += [info.config.name for info in page]
+    return names
+
+
 async def test_streams_and_consumers_are_declared_idempotently_as_configured(
     nats_js: tuple[NatsClient, JetStreamContext], topology: Topology
 ) -> None:
@@ -100,7 +109,7 @@ async def test_streams_and_consumers_are_declared_idempotently_as_configured(
         assert consumer.max_deliver == 3
         assert consumer.backoff == list(spec.backoff_s)
         assert consumer.filter_subject == spec.filter_subject
-    streams = [info.config.name for info in await js.streams_info()]
+    streams = await all_stream_names(js)
     assert sorted(n for n in streams if n and n.startswith(topology.stream_prefix + "_")) == sorted(
         [topology.jobs_stream, topology.events_stream, topology.dlq_stream]
     )
