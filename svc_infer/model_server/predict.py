@@ -146,12 +146,8 @@ def _output_aliases(
     return aliases or sorted(signature.outputs)
 
 
-def run_predict(
-    servable: Servable, decoded: DecodedPredict | predict_pb2.PredictRequest
-) -> predict_pb2.PredictResponse:
+def run_predict(servable: Servable, decoded: DecodedPredict) -> predict_pb2.PredictResponse:
     """Run the requested signature of `servable` (blocking: call it in a worker thread)."""
-    if isinstance(decoded, predict_pb2.PredictRequest):
-        decoded = DecodedPredict(decoded)
     request = decoded.request
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature = servable.signature_defs.get(signature_name)

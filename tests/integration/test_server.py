@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from grpc_status import rpc_status
+from support.serving import served
 from support.tokens import TokenFactory
 
 from gen.medmesh.ingest.v1 import (
@@ -50,7 +51,7 @@ from medmesh.identity import (
     current_identity,
 )
 from medmesh.interceptors import remaining_time
-from medmesh.runtime import ServiceParts, serve
+from medmesh.runtime import ServiceParts
 from medmesh.settings import Settings
 
 INGEST = "medmesh.ingest.v1.IngestService"
@@ -111,16 +112,11 @@ async def server(
             servicers={INGEST: servicer}, role_rules={INGEST: RULES}, verifier=tokens.verifier()
         )
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, setup, image=image, stop=stop))
-    while not ready.exists():
-        assert not task.done(), task.exception()
-        await asyncio.sleep(0.01)
-    addresses = json.loads(ready.read_text())
-    async with grpc.aio.insecure_channel(addresses["grpc"]) as channel:
+    async with (
+        served(settings, setup, image=image) as addresses,
+        grpc.aio.insecure_channel(addresses["grpc"]) as channel,
+    ):
         yield {"channel": channel, "servicer": servicer, **addresses}
-    stop.set()
-    await task
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ the other RPCs keep the generic parser, and a name that is no RPC is refused at 
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any, ClassVar
 
 import grpc
 import pytest
+from support import serving
 from support.tokens import TokenFactory
 
 from gen.medmesh.ingest.v1 import (
@@ -26,7 +25,7 @@ from gen.medmesh.ingest.v1 import (
 from medmesh.client import AsyncStub
 from medmesh.contract import DescriptorImage
 from medmesh.identity import ANY_ROLE, RoleRules
-from medmesh.runtime import ServiceParts, serve
+from medmesh.runtime import ServiceParts
 from medmesh.server import bind_servicer
 from medmesh.settings import Settings
 
@@ -76,16 +75,12 @@ async def served(
             servicers={INGEST: servicer}, role_rules={INGEST: RULES}, verifier=tokens.verifier()
         )
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, setup, image=image, stop=stop))
-    while not ready.exists():
-        assert not task.done(), task.exception()
-        await asyncio.sleep(0.01)
     auth = tokens.metadata_for(user_id="u-1", clinic_id="clinic-a", roles=["viewer"])
-    async with grpc.aio.insecure_channel(json.loads(ready.read_text())["grpc"]) as channel:
+    async with (
+        serving.served(settings, setup, image=image) as addresses,
+        grpc.aio.insecure_channel(addresses["grpc"]) as channel,
+    ):
         yield AsyncStub(channel, INGEST, image), servicer, auth
-    stop.set()
-    await task
 
 
 async def test_a_declared_deserializer_parses_its_rpcs_requests_into_the_contract_type(

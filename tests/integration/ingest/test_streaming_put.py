@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import http.client
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -271,16 +272,28 @@ async def test_an_aborted_streaming_put_leaves_nothing(
     assert leftovers(store, s3) == []
 
 
+async def send_framed(
+    store: ObjectStore, data: bytes, *, terminated: bool
+) -> http.client.HTTPConnection:
+    """A streaming PUT of `data` to key "k" as svc_ingest frames it, with or without the
+    terminator and trailer that complete it; the connection, for its answer."""
+    conn = await asyncio.to_thread(
+        open_put_request, store, store.bucket(RAW_IMAGES), "k", "image/png", len(data)
+    )
+    assert conn.sock is not None
+    framed = ChunkFramer(len(data)).frame(data)
+    if terminated:
+        framed.append(end_of_body(sha256(data)))
+    await asyncio.to_thread(send_pieces, conn.sock, framed)
+    return conn
+
+
 async def test_a_body_missing_only_its_terminator_is_discarded_by_the_server(
     s3: S3Endpoint, store: ObjectStore
 ) -> None:
     # The worst case an abort can meet: every data byte sent, only the terminator missing.
     data = os.urandom(2 * MIB + 5)
-    conn = await asyncio.to_thread(
-        open_put_request, store, store.bucket(RAW_IMAGES), "k", "image/png", len(data)
-    )
-    assert conn.sock is not None
-    await asyncio.to_thread(send_pieces, conn.sock, ChunkFramer(len(data)).frame(data))
+    conn = await send_framed(store, data, terminated=False)
     await asyncio.sleep(0.2)
     conn.close()
     await asyncio.sleep(0.3)
@@ -292,12 +305,7 @@ async def test_a_complete_body_sent_the_same_way_is_stored(
 ) -> None:
     # The counterpart of the test above: the same request with its terminator commits.
     data = os.urandom(2 * MIB + 5)
-    conn = await asyncio.to_thread(
-        open_put_request, store, store.bucket(RAW_IMAGES), "k", "image/png", len(data)
-    )
-    assert conn.sock is not None
-    framed = [*ChunkFramer(len(data)).frame(data), end_of_body(sha256(data))]
-    await asyncio.to_thread(send_pieces, conn.sock, framed)
+    conn = await send_framed(store, data, terminated=True)
     response = await asyncio.to_thread(conn.getresponse)
     assert response.status == 200, response.read()
     conn.close()
