@@ -7,6 +7,8 @@ __all__ = (
     "DeadLetter",
     "GetModelRequest",
     "GetModelResponse",
+    "GetResultImageUrlRequest",
+    "GetResultImageUrlResponse",
     "GetResultRequest",
     "GetResultResponse",
     "ImageClassification",
@@ -248,6 +250,55 @@ class GetModelResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "medmesh.infer.v1", "GetModelResponse", GetModelResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetResultImageUrlRequest(betterproto2.Message):
+    """
+    GetResultImageUrlRequest is the input of GetResultImageUrl.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    name is the result: `studies/{study}/results/{result}`. Required.
+    """
+
+
+default_message_pool.register_message(
+    "medmesh.infer.v1", "GetResultImageUrlRequest", GetResultImageUrlRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetResultImageUrlResponse(betterproto2.Message):
+    """
+    GetResultImageUrlResponse is the output of GetResultImageUrl.
+    """
+
+    url: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    url is the presigned S3 URL to GET the processed image from.
+    """
+
+    expire_time: "datetime.datetime | None" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    expire_time is when the URL stops working (minutes after the call).
+    """
+
+    content_type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    content_type is the media type of the image: `image/png`.
+    """
+
+
+default_message_pool.register_message(
+    "medmesh.infer.v1", "GetResultImageUrlResponse", GetResultImageUrlResponse
 )
 
 
@@ -1051,7 +1102,10 @@ class InferenceServiceStub:
     InferenceService serves the results that the inference workers store (they consume
     inference jobs from JetStream; no RPC starts an analysis) and manages the jobs that ended
     in the dead-letter stream. Every RPC needs an access token and returns UNAUTHENTICATED
-    without a valid one; results of other clinics' studies return NOT_FOUND.
+    without a valid one; results of other clinics' studies return NOT_FOUND. Reads of results
+    are audited (an `audit.events` row with the caller, clinic, action and resource), and so
+    are refused reads: a NOT_FOUND or PERMISSION_DENIED leaves an `access.denied` row under the
+    caller's clinic.
     """
 
     def __init__(self, channel: grpc.Channel):
@@ -1059,7 +1113,7 @@ class InferenceServiceStub:
 
     def get_result(self, message: "GetResultRequest") -> "GetResultResponse":
         """
-        GetResult returns one result.
+        GetResult returns one result. The call is audited as `result.read`.
         Returns NOT_FOUND if the result does not exist or belongs to another clinic.
         """
 
@@ -1072,7 +1126,8 @@ class InferenceServiceStub:
     def list_results(self, message: "ListResultsRequest") -> "ListResultsResponse":
         """
         ListResults lists the results of one study, oldest first. A study that does not exist,
-        belongs to another clinic or has no results yet gives an empty list.
+        belongs to another clinic or has no results yet gives an empty list. The call is audited
+        as `result.list`.
         Returns INVALID_ARGUMENT for a bad page token.
         """
 
@@ -1080,6 +1135,24 @@ class InferenceServiceStub:
             "/medmesh.infer.v1.InferenceService/ListResults",
             ListResultsRequest.SerializeToString,
             ListResultsResponse.FromString,
+        )(message)
+
+    def get_result_image_url(
+        self, message: "GetResultImageUrlRequest"
+    ) -> "GetResultImageUrlResponse":
+        """
+        GetResultImageUrl returns a short-lived presigned S3 GET URL of the processed image of an
+        image result: the 8-bit RGB PNG the model saw (after decoding, windowing and resizing),
+        stored in the processed-images bucket. The URL names the object only; no patient data
+        is in it. The call is audited as `result.image_url`.
+        Returns NOT_FOUND if the result does not exist, belongs to another clinic, or has no
+        processed image (results of clinical notes have none).
+        """
+
+        return self._channel.unary_unary(
+            "/medmesh.infer.v1.InferenceService/GetResultImageUrl",
+            GetResultImageUrlRequest.SerializeToString,
+            GetResultImageUrlResponse.FromString,
         )(message)
 
     def list_dead_letters(
