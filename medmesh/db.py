@@ -147,6 +147,13 @@ class Database:
             yield conn
 
     @asynccontextmanager
+    async def write_connection(self) -> AsyncIterator[Connection]:
+        """An autocommit connection on the primary, for one-statement writes (an audit row)
+        that need no BEGIN/COMMIT round trips."""
+        async with self._checkout(self._write_pool) as conn:
+            yield conn
+
+    @asynccontextmanager
     async def read_connection(self) -> AsyncIterator[Connection]:
         """An autocommit connection for reads, from the replica when one is configured."""
         async with self._checkout(self._read_pool) as conn:

@@ -29,6 +29,7 @@ from medmesh.auth import (
     TokenVerifier,
     revocation_prefix,
 )
+from medmesh.auth.interceptor import DenialHook
 from medmesh.contract import DescriptorImage
 from medmesh.identity import RoleRules
 from medmesh.migrations import apply_migrations
@@ -63,6 +64,8 @@ class ServiceParts:
     verifier: TokenVerifier | None = None
     extra_handlers: Sequence[grpc.GenericRpcHandler] = field(default_factory=tuple)
     extra_service_names: Sequence[str] = field(default_factory=tuple)
+    on_denied: DenialHook | None = None
+    """Records a call refused by the role rules (`medmesh.audit.DeniedAccessRecorder`)."""
 
 
 Setup = Callable[[Settings, AsyncExitStack], Awaitable[ServiceParts]]
@@ -126,7 +129,7 @@ async def serve(
             address=settings.grpc_addr,
             extra_handlers=parts.extra_handlers,
             extra_service_names=parts.extra_service_names,
-            interceptors=[AuthInterceptor(verifier, parts.role_rules)],
+            interceptors=[AuthInterceptor(verifier, parts.role_rules, parts.on_denied)],
         )
         address = await server.start()
         if settings.ready_file:

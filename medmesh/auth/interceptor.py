@@ -3,7 +3,7 @@ bind the caller's Identity for the handler. Installed by the runtime on every se
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from grpc_interceptor.server import AsyncServerInterceptor, parse_method_name
@@ -22,6 +22,20 @@ OPEN_SERVICES = frozenset(
 )
 
 
+DenialHook = Callable[[Identity, str, str], Awaitable[None]]
+"""Called with (caller, RPC name, resource named by the request) when a verified caller's
+roles do not allow the RPC; services pass `medmesh.audit.DeniedAccessRecorder`."""
+
+
+def _requested_resource(request: Any) -> str:
+    # The resource a unary request names (`name`, `parent` or `study`); streams name none here.
+    for attribute in ("name", "parent", "study"):
+        value = getattr(request, attribute, None)
+        if isinstance(value, str) and value:
+            return value[:256]
+    return ""
+
+
 def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     """The token of an `authorization: Bearer <token>` metadata entry, if any."""
     for key, value in metadata or ():
@@ -35,9 +49,15 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
 class AuthInterceptor(AsyncServerInterceptor):
     """Closed by default: an RPC without a rule in `rules` is PERMISSION_DENIED for everyone."""
 
-    def __init__(self, verifier: TokenVerifier, rules: Mapping[str, RoleRules]) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        rules: Mapping[str, RoleRules],
+        on_denied: DenialHook | None = None,
+    ) -> None:
         self._verifier = verifier
         self._rules = rules
+        self._on_denied = on_denied
 
     async def intercept(
         self, method: Callable, request: Any, context: Any, method_name: str
@@ -50,6 +70,8 @@ class AuthInterceptor(AsyncServerInterceptor):
         if rule is None or (
             not isinstance(rule, Public) and (identity is None or not identity.has_any(rule))
         ):
+            if identity is not None and self._on_denied is not None:
+                await self._on_denied(identity, name.method, _requested_resource(request))
             raise PermissionDenied("the caller's roles do not allow this")
         return await _call(method, request, context, identity)
 
