@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+from medmesh.audit import DeniedAccessRecorder
 from medmesh.auth import TokenVerifier
 from medmesh.outbox import Outbox, OutboxRelay, RelayOptions
 from medmesh.resources import open_database, open_jetstream, open_object_store
 from medmesh.runtime import ServiceParts
 from medmesh.settings import Settings
+from svc_ingest.audit_trail import AuditTrail
 from svc_ingest.config import IngestConfig
 from svc_ingest.events import StatusConsumer, StatusHub
 from svc_ingest.service import INGEST_RULES, INGEST_SERVICE, IngestServicer
@@ -55,11 +57,13 @@ async def build(
         Studies(database, objects, hub),
         Uploads(database, objects, outbox, events, config),
         config,
+        AuditTrail(database),
     )
     return ServiceParts(
         servicers={INGEST_SERVICE: servicer},
         role_rules={INGEST_SERVICE: INGEST_RULES},
         verifier=verifier,
+        on_denied=DeniedAccessRecorder(database),
     )
 
 

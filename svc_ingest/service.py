@@ -16,20 +16,25 @@ from gen.medmesh.ingest.v1 import (
     CreateUploadUrlResponse,
     DeleteStudyRequest,
     DeleteStudyResponse,
+    GetFileDownloadUrlRequest,
+    GetFileDownloadUrlResponse,
     GetFileRequest,
     GetFileResponse,
     GetStudyRequest,
     GetStudyResponse,
     ListStudiesRequest,
     ListStudiesResponse,
+    ListStudyAuditEventsRequest,
+    ListStudyAuditEventsResponse,
     UploadFileRequest,
     UploadFileResponse,
     WatchStudyRequest,
     WatchStudyResponse,
 )
 from medmesh.errors import InvalidArgument
-from medmesh.identity import ANY_ROLE, WRITERS, RoleRules, current_identity
+from medmesh.identity import ADMIN, ANY_ROLE, CLINICIAN, WRITERS, RoleRules, current_identity
 from svc_ingest import messages
+from svc_ingest.audit_trail import AuditTrail, audit_event
 from svc_ingest.config import IngestConfig
 from svc_ingest.status import now_utc
 from svc_ingest.studies import Studies, StudyView, parse_file_name, parse_study_name
@@ -40,6 +45,9 @@ from svc_ingest.wire import ChunkMessage, parse_upload_file_request
 INGEST_SERVICE = "medmesh.ingest.v1.IngestService"
 
 # Viewers read; technicians and machine clients add files; deleting needs a clinician or admin.
+# The audit trail records what colleagues looked at: admins (who answer for access) and
+# clinicians (whose study it is) read it; technicians, viewers and machine clients do not need
+# to know who else opened a patient's study.
 INGEST_RULES: RoleRules = {
     "CreateStudy": WRITERS,
     "GetStudy": ANY_ROLE,
@@ -51,6 +59,8 @@ INGEST_RULES: RoleRules = {
     "CompleteUpload": WRITERS,
     "GetFile": ANY_ROLE,
     "WatchStudy": ANY_ROLE,
+    "GetFileDownloadUrl": ANY_ROLE,
+    "ListStudyAuditEvents": frozenset({ADMIN, CLINICIAN}),
 }
 
 
@@ -74,10 +84,13 @@ class IngestServicer:
     # UploadFile's chunk messages skip betterproto2's generic parser (medmesh/server.py).
     request_deserializers: ClassVar = {"UploadFile": parse_upload_file_request}
 
-    def __init__(self, studies: Studies, uploads: Uploads, config: IngestConfig) -> None:
+    def __init__(
+        self, studies: Studies, uploads: Uploads, config: IngestConfig, trail: AuditTrail
+    ) -> None:
         self._studies = studies
         self._uploads = uploads
         self._config = config
+        self._trail = trail
 
     async def create_study(self, request: CreateStudyRequest, _context: Any) -> CreateStudyResponse:
         view = await self._studies.create_study(
@@ -111,6 +124,32 @@ class IngestServicer:
         study_id, file_id = parse_file_name(request.name, "name")
         row = await self._studies.get_file(current_identity(), study_id, file_id)
         return GetFileResponse(file=messages.study_file(row))
+
+    async def get_file_download_url(
+        self, request: GetFileDownloadUrlRequest, _context: Any
+    ) -> GetFileDownloadUrlResponse:
+        study_id, file_id = parse_file_name(request.name, "name")
+        download = await self._studies.file_download_url(current_identity(), study_id, file_id)
+        return GetFileDownloadUrlResponse(
+            url=download.url,
+            expire_time=download.expire_time,
+            content_type=download.content_type,
+            size_bytes=download.size_bytes,
+        )
+
+    async def list_study_audit_events(
+        self, request: ListStudyAuditEventsRequest, _context: Any
+    ) -> ListStudyAuditEventsResponse:
+        study_id = parse_study_name(request.parent, "parent")
+        records, token = await self._trail.list_events(
+            current_identity(),
+            study_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return ListStudyAuditEventsResponse(
+            audit_events=[audit_event(r, study_id) for r in records], next_page_token=token
+        )
 
     async def upload_file(
         self, requests: AsyncIterator[UploadFileRequest | ChunkMessage], _context: Any

@@ -11,12 +11,12 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
 from gen.medmesh.common.v1 import StudyStatus
-from medmesh.audit import Actor, record_audit_event
+from medmesh.audit import Actor, audit_denials, record_audit_event
 from medmesh.db import Connection, Database
 from medmesh.errors import DependencyUnavailable, FailedPrecondition, InvalidArgument, NotFound
 from medmesh.identity import Identity
@@ -31,6 +31,9 @@ MAX_PATIENT_REF = 128
 MAX_DESCRIPTION = 2000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+DOWNLOAD_URL_TTL = timedelta(minutes=5)
+"""Lifetime of a GetFileDownloadUrl URL: long enough to load an image, short enough that a
+copied URL is soon useless."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,16 @@ class StudyView:
 
     study: store.Row
     files: list[store.Row] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileDownload:
+    """A presigned GET URL of a stored file's bytes."""
+
+    url: str
+    expire_time: datetime
+    content_type: str
+    size_bytes: int
 
 
 @dataclass(frozen=True)
@@ -177,7 +190,10 @@ class Studies:
 
     async def get_study(self, identity: Identity, study_id: uuid.UUID) -> StudyView:
         """The study with its files."""
-        async with self._database.transaction() as conn:
+        async with (
+            audit_denials(self._database, identity, "GetStudy", f"studies/{study_id}"),
+            self._database.transaction() as conn,
+        ):
             study = await require_study(conn, identity, study_id)
             files = await store.list_files(conn, study_id)
             await audit(conn, identity, "study.read", study_id)
@@ -187,12 +203,39 @@ class Studies:
         self, identity: Identity, study_id: uuid.UUID, file_id: uuid.UUID
     ) -> store.Row:
         """One file of one of the caller's studies."""
-        async with self._database.transaction() as conn:
+        name = f"studies/{study_id}/files/{file_id}"
+        async with (
+            audit_denials(self._database, identity, "GetFile", name),
+            self._database.transaction() as conn,
+        ):
             file = await store.get_file(conn, identity.clinic_id, study_id, file_id)
             if file is None:
-                raise NotFound(f"studies/{study_id}/files/{file_id} not found")
+                raise NotFound(f"{name} not found")
             await audit(conn, identity, "study.file.read", study_id, file_id=str(file_id))
         return file
+
+    async def file_download_url(
+        self, identity: Identity, study_id: uuid.UUID, file_id: uuid.UUID
+    ) -> FileDownload:
+        """A presigned GET URL of a stored file's original bytes; audited (the row commits
+        before the URL exists)."""
+        name = f"studies/{study_id}/files/{file_id}"
+        async with (
+            audit_denials(self._database, identity, "GetFileDownloadUrl", name),
+            self._database.transaction() as conn,
+        ):
+            file = await store.get_file(conn, identity.clinic_id, study_id, file_id)
+            if file is None:
+                raise NotFound(f"{name} not found")
+            if file["status"] in (store.PENDING_UPLOAD, store.REJECTED) or not file["object_key"]:
+                raise FailedPrecondition(f"{name} has no stored bytes")
+            await audit(conn, identity, "study.file.download_url", study_id, file_id=str(file_id))
+        url = await self._objects.presigned_get_url(
+            RAW_IMAGES, file["object_key"], expires=DOWNLOAD_URL_TTL
+        )
+        return FileDownload(
+            url, now_utc() + DOWNLOAD_URL_TTL, file["content_type"], int(file["size_bytes"])
+        )
 
     async def list_studies(
         self,
@@ -245,7 +288,10 @@ class Studies:
     async def watch(self, identity: Identity, study_id: uuid.UUID) -> AsyncIterator[WatchUpdate]:
         """The study's current state, then each change, until a final status."""
         with self._hub.watch(str(study_id)) as queue:
-            async with self._database.transaction() as conn:
+            async with (
+                audit_denials(self._database, identity, "WatchStudy", f"studies/{study_id}"),
+                self._database.transaction() as conn,
+            ):
                 study = await require_study(conn, identity, study_id)
                 await audit(conn, identity, "study.watch", study_id)
             status = StudyStatus(study["status"])
