@@ -38,6 +38,11 @@ class IngestConfig:
     max_pixels: int = 64_000_000
     """MEDMESH_INGEST_MAX_PIXELS: width x height (x frames) above which an image is refused
     before it is decoded (decompression bombs)."""
+    max_decoded_bytes: int = 512 * MIB
+    """MEDMESH_INGEST_MAX_DECODED_BYTES: width x height x channels x bytes per sample x frames
+    (as the header says: 16-bit samples count 2 bytes, RGBA 4 channels, every DICOM frame)
+    above which an image is refused before it is stored. svc_infer checks its own budget
+    again before decoding."""
     header_window_bytes: int = 1 * MIB
     """MEDMESH_INGEST_HEADER_WINDOW_BYTES: how far into a file its header must end."""
     part_size_bytes: int = 8 * MIB

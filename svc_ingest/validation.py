@@ -3,8 +3,9 @@
 `check_declaration` runs before a byte is stored (kind, content type, name, size limits,
 checksum format). `FileValidator` then sees every byte once, in order: it counts them, hashes
 them (SHA-256), checks the magic bytes against the declared kind, walks the file's structure
-(formats.py) and reads the image dimensions from the header as soon as the header has arrived,
-refusing a decompression bomb before anything decodes it. `finish()` is the last word: only
+(formats.py) and reads what a decoder would allocate from the header as soon as the header has
+arrived, refusing a decompression bomb (pixels, or decoded bytes: width x height x channels x
+bytes per sample x frames) before anything decodes it. `finish()` is the last word: only
 when it returns may the upload be committed.
 
 Every refusal is an InvalidArgument with a field violation; the field names follow the request
@@ -16,20 +17,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from gen.medmesh.common.v1 import FileKind
 from medmesh.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from medmesh.image_headers import ImageGeometry, PngHeader
 from svc_ingest.config import IngestConfig
 from svc_ingest.formats import (
     KIND_NAMES,
-    Dimensions,
     FormatError,
     JpegStructure,
     PngStructure,
     Utf8Text,
     dicom_header,
-    image_dimensions,
+    jpeg_dimensions,
     sniff_kind,
 )
 
@@ -47,6 +49,10 @@ _ACCEPTED_CONTENT_TYPES = {
 }
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_FILE_NAME = 255
+# Bidirectional controls: they make "gpj.exe" display as "exe.jpg" (CVE-2021-42574's trick).
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 # Enough for every magic number we check (DICOM's sits at offset 128).
 _SNIFF_BYTES = 132
 
@@ -68,7 +74,7 @@ class ValidatedFile:
 
     sha256: str
     size_bytes: int
-    dimensions: Dimensions | None
+    dimensions: ImageGeometry | None
 
 
 def size_limit(kind: FileKind, config: IngestConfig) -> int:
@@ -104,10 +110,9 @@ def check_declaration(
     known_kind = kind in CANONICAL_CONTENT_TYPE
     if not known_kind:
         bad("kind", "must be one of PNG, JPEG, DICOM or TEXT_NOTE")
-    if not file_name or len(file_name) > MAX_FILE_NAME:
-        bad("file_name", f"is required and at most {MAX_FILE_NAME} characters")
-    elif any(c in file_name for c in "/\\\x00"):
-        bad("file_name", "must not contain path separators or NUL")
+    name_problem = file_name_problem(file_name)
+    if name_problem:
+        bad("file_name", name_problem)
     normalised = content_type.lower().replace(" ", "")
     if known_kind and normalised not in _ACCEPTED_CONTENT_TYPES[kind]:
         bad("content_type", f"must be {CANONICAL_CONTENT_TYPE[kind]} for {kind.name}")
@@ -126,6 +131,31 @@ def check_declaration(
             f"files over {stream_limit} bytes must be uploaded with CreateUploadUrl"
         )
     return FileDeclaration(kind, file_name, CANONICAL_CONTENT_TYPE[kind], size_bytes, sha256)
+
+
+def file_name_problem(name: str) -> str:
+    """Why `name` cannot be a file name, or "".
+
+    Names are refused, not rewritten: the name is the clinic's record of what it sent, so it
+    must come back exactly as given (Cyrillic, accents and all), and a refusal tells the
+    client which character to fix. Refused: empty or blank names, more than MAX_FILE_NAME
+    characters, path separators and "." / "..", control characters (CR and LF split HTTP
+    headers and mail lines, NUL truncates C strings), Unicode line and paragraph separators,
+    and bidirectional controls (they disguise a name's extension). The characters are named
+    by code point in the refusal, never echoed.
+    """
+    if not name or name.isspace() or len(name) > MAX_FILE_NAME:
+        return f"is required, not blank, and at most {MAX_FILE_NAME} characters"
+    if name in {".", ".."}:
+        return "must not be . or .."
+    for position, char in enumerate(name):
+        if char in "/\\":
+            return f"must not contain path separators (U+{ord(char):04X} at {position})"
+        if char in _BIDI_CONTROLS:
+            return f"must not contain bidirectional controls (U+{ord(char):04X} at {position})"
+        if unicodedata.category(char) in {"Cc", "Zl", "Zp"}:
+            return f"must not contain control characters (U+{ord(char):04X} at {position})"
+    return ""
 
 
 class FileValidator:
@@ -149,7 +179,11 @@ class FileValidator:
         self._structure: PngStructure | JpegStructure | Utf8Text | None = None
         self._started = False
         self._pending: list[bytes | memoryview] = []
-        self.dimensions: Dimensions | None = None
+        self._probed_at = 0
+        self.dimensions: ImageGeometry | None = None
+        self.header_bytes_parsed = 0
+        """Bytes handed to header parsers so far: linear in the header window whatever the
+        chunking (the unit tests count it)."""
 
     @property
     def size(self) -> int:
@@ -205,40 +239,61 @@ class FileValidator:
         if sniffed is None and declared != FileKind.TEXT_NOTE:
             raise self._content_error(f"the bytes are not {KIND_NAMES[declared]}")
         # DICOM has no end marker; its structure is the header (see _probe_header).
-        checkers = {
-            FileKind.IMAGE_PNG: PngStructure,
-            FileKind.IMAGE_JPEG: JpegStructure,
-            FileKind.TEXT_NOTE: Utf8Text,
-        }
-        checker = checkers.get(declared)
-        self._structure = checker() if checker else None
+        if declared == FileKind.IMAGE_PNG:
+            self._structure = PngStructure(on_header=self._png_header)
+        elif declared == FileKind.IMAGE_JPEG:
+            self._structure = JpegStructure()
+        elif declared == FileKind.TEXT_NOTE:
+            self._structure = Utf8Text()
+        else:  # DICOM has no end marker; its structure is the header (see _probe_header).
+            self._structure = None
+
+    def _png_header(self, header: PngHeader) -> None:
+        """PngStructure read the IHDR: bound it before any image data is inflated."""
+        self._check_geometry(header.geometry)
 
     def _probe_header(self, *, complete: bool) -> None:
-        if self.dimensions is not None or self._decl.kind == FileKind.TEXT_NOTE:
+        """Read the JPEG or DICOM header from the head once enough of it arrived.
+
+        A JPEG's frame header may sit behind 64 KiB segments of metadata, so the head is
+        parsed again only when it has doubled since the last try (or is complete): whatever
+        the chunking, the parsers see at most about twice the header window in all, not a
+        copy of the head per chunk (which made 1-byte chunks quadratic).
+        """
+        kind = self._decl.kind
+        if self.dimensions is not None or kind in (FileKind.TEXT_NOTE, FileKind.IMAGE_PNG):
             return
-        window_full = len(self._head) >= self._config.header_window_bytes
-        complete = complete or window_full
-        if self._decl.kind == FileKind.IMAGE_DICOM:
-            if not complete:
-                return
+        complete = complete or len(self._head) >= self._config.header_window_bytes
+        waiting = kind == FileKind.IMAGE_DICOM or len(self._head) < 2 * self._probed_at
+        if waiting and not complete:
+            return
+        self._probed_at = len(self._head)
+        self.header_bytes_parsed += len(self._head)
+        if kind == FileKind.IMAGE_DICOM:
             header = dicom_header(
                 bytes(self._head), supported_syntaxes=self._config.dicom_transfer_syntaxes
             )
-            dimensions: Dimensions | None = header.dimensions
+            geometry: ImageGeometry | None = header.geometry
         else:
-            dimensions = image_dimensions(bytes(self._head), self._decl.kind, complete=complete)
-        if dimensions is None:
-            return
-        if dimensions.width <= 0 or dimensions.height <= 0:
-            raise FormatError("image has no pixels")
-        if dimensions.pixels > self._config.max_pixels:
+            geometry = jpeg_dimensions(bytes(self._head), complete=complete)
+        if geometry is not None:
+            self._check_geometry(geometry)
+
+    def _check_geometry(self, geometry: ImageGeometry) -> None:
+        """Refuse an image whose pixels or decoded bytes are over the limits."""
+        limits = self._config
+        if geometry.pixels > limits.max_pixels:
             raise FormatError(
-                f"image is {dimensions.width}x{dimensions.height}"
-                + (f"x{dimensions.frames}" if dimensions.frames > 1 else "")
-                + f" ({dimensions.pixels} pixels), more than the limit of"
-                f" {self._config.max_pixels}"
+                f"image is {geometry.width}x{geometry.height}"
+                + (f"x{geometry.frames}" if geometry.frames > 1 else "")
+                + f" ({geometry.pixels} pixels), more than the limit of {limits.max_pixels}"
             )
-        self.dimensions = dimensions
+        if geometry.decoded_bytes > limits.max_decoded_bytes:
+            raise FormatError(
+                f"image decodes to {geometry.decoded_bytes} bytes ({geometry.describe()}),"
+                f" more than the limit of {limits.max_decoded_bytes}"
+            )
+        self.dimensions = geometry
 
     def finish(self) -> ValidatedFile:
         """The stream ended: size, structure, header and checksum must all be right."""
