@@ -1,4 +1,5 @@
-"""The `medmesh` command: run the stack, migrate, regenerate code, start dependencies."""
+"""The `medmesh` command: run the stack, migrate, regenerate code, start dependencies; and
+the client commands (login, upload, watch, results, report: `medmesh/clientcli.py`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import grpc
 import structlog
 
-from medmesh import codegen
+from medmesh import clientcli, codegen
 from medmesh.client import call_json
 from medmesh.contract import DescriptorImage
 from medmesh.launcher import EmbeddedDependencies
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("gen", help="regenerate gen/ from proto/ (buf, local plugins)")
     gen.add_argument("--check", action="store_true", help="fail if gen/ is stale; write nothing")
+
+    clientcli.add_client_commands(commands)
     return parser
 
 
@@ -89,7 +92,7 @@ def _call(address: str, method: str, request: str, token: str | None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     """Entry point of the `medmesh` console script."""
     args = _parser().parse_args(argv)
     # Progress goes to stderr so that stdout carries only what the command answers
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "call":
         return _call(args.address, args.method, args.request, args.token)
+    if args.command in clientcli.COMMANDS:
+        return clientcli.run_client_command(args, os.environ)
     if args.command == "models":
         return model_commands.build_command(args, data_dir, os.environ)  # imports TensorFlow
     return codegen.generate(check=args.check)
