@@ -4,6 +4,11 @@
 # This file has been @generated
 
 __all__ = (
+    "AcceptInvitationRequest",
+    "AcceptInvitationResponse",
+    "ApprovalState",
+    "ApproveUserRequest",
+    "ApproveUserResponse",
     "AuthServiceStub",
     "ChangePasswordRequest",
     "ChangePasswordResponse",
@@ -13,6 +18,9 @@ __all__ = (
     "GetJwksResponse",
     "GetMeRequest",
     "GetMeResponse",
+    "Invitation",
+    "InviteUserRequest",
+    "InviteUserResponse",
     "Jwk",
     "ListUsersRequest",
     "ListUsersResponse",
@@ -47,6 +55,125 @@ from ....message_pool import default_message_pool
 
 _COMPILER_VERSION = "0.9.0"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
+
+
+class ApprovalState(betterproto2.Enum):
+    """
+    ApprovalState is whether a user may reach its clinic's data.
+    """
+
+    UNSPECIFIED = 0
+    """
+    APPROVAL_STATE_UNSPECIFIED is never stored; in ListUsers it means "any state".
+    """
+
+    PENDING = 1
+    """
+    APPROVAL_STATE_PENDING is a self-registered user awaiting an admin's ApproveUser.
+    """
+
+    APPROVED = 2
+    """
+    APPROVAL_STATE_APPROVED is a user whose tokens carry its roles.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "APPROVAL_STATE_UNSPECIFIED",
+            1: "APPROVAL_STATE_PENDING",
+            2: "APPROVAL_STATE_APPROVED",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "APPROVAL_STATE_UNSPECIFIED": 0,
+            "APPROVAL_STATE_PENDING": 1,
+            "APPROVAL_STATE_APPROVED": 2,
+        }
+
+
+@dataclass(eq=False, repr=False)
+class AcceptInvitationRequest(betterproto2.Message):
+    """
+    AcceptInvitationRequest is the input of AcceptInvitation.
+    """
+
+    token: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    token is the invitation token from the e-mail link's fragment. Required.
+    """
+
+    password: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    password is the new account's password. Required; INVALID_ARGUMENT if weak.
+    """
+
+    display_name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    display_name replaces the invitation's display name; empty keeps it.
+    """
+
+
+default_message_pool.register_message(
+    "medmesh.auth.v1", "AcceptInvitationRequest", AcceptInvitationRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class AcceptInvitationResponse(betterproto2.Message):
+    """
+    AcceptInvitationResponse is the output of AcceptInvitation.
+    """
+
+    user: "User | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    user is the new account: verified, approved, with the invitation's roles.
+    """
+
+
+default_message_pool.register_message(
+    "medmesh.auth.v1", "AcceptInvitationResponse", AcceptInvitationResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class ApproveUserRequest(betterproto2.Message):
+    """
+    ApproveUserRequest is the input of ApproveUser.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    name is the user to approve: `users/{user}`. Required.
+    """
+
+
+default_message_pool.register_message(
+    "medmesh.auth.v1", "ApproveUserRequest", ApproveUserRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ApproveUserResponse(betterproto2.Message):
+    """
+    ApproveUserResponse is the output of ApproveUser.
+    """
+
+    user: "User | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    user is the approved user (approval_state APPROVAL_STATE_APPROVED).
+    """
+
+
+default_message_pool.register_message(
+    "medmesh.auth.v1", "ApproveUserResponse", ApproveUserResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -182,6 +309,118 @@ default_message_pool.register_message("medmesh.auth.v1", "GetMeResponse", GetMeR
 
 
 @dataclass(eq=False, repr=False)
+class Invitation(betterproto2.Message):
+    """
+    Invitation is an admin's offer to join the clinic with given roles, mailed to one address
+    with a single-use token; AcceptInvitation turns it into an approved, verified user.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    name is the resource name of the invitation: `invitations/{invitation}`.
+    """
+
+    invitation_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    invitation_id is the server-assigned id of the invitation (a UUID).
+    """
+
+    email: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    email is the invited address, stored lower-cased; the account will have it.
+    """
+
+    display_name: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    display_name is the name the account gets unless AcceptInvitation names another.
+    """
+
+    clinic_id: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    clinic_id is the clinic of the inviting admin; the account joins it.
+    """
+
+    roles: "list[__common__v1__.Role]" = betterproto2.field(
+        6, betterproto2.TYPE_ENUM, repeated=True
+    )
+    """
+    roles are the roles the account gets, at least one.
+    """
+
+    create_time: "datetime.datetime | None" = betterproto2.field(
+        7,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    create_time is when the invitation was sent.
+    """
+
+    expire_time: "datetime.datetime | None" = betterproto2.field(
+        8,
+        betterproto2.TYPE_MESSAGE,
+        unwrap=lambda: ___google__protobuf__.Timestamp,
+        optional=True,
+    )
+    """
+    expire_time is when the token in the mail stops working.
+    """
+
+
+default_message_pool.register_message("medmesh.auth.v1", "Invitation", Invitation)
+
+
+@dataclass(eq=False, repr=False)
+class InviteUserRequest(betterproto2.Message):
+    """
+    InviteUserRequest is the input of InviteUser.
+    """
+
+    email: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    email is the address to invite. Required; INVALID_ARGUMENT if malformed, ALREADY_EXISTS
+    if a user has it.
+    """
+
+    display_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    display_name is the name the account will show. Required; INVALID_ARGUMENT if empty.
+    """
+
+    roles: "list[__common__v1__.Role]" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, repeated=True
+    )
+    """
+    roles are the roles the account will hold. Required, at least one, no ROLE_UNSPECIFIED.
+    """
+
+
+default_message_pool.register_message(
+    "medmesh.auth.v1", "InviteUserRequest", InviteUserRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class InviteUserResponse(betterproto2.Message):
+    """
+    InviteUserResponse is the output of InviteUser.
+    """
+
+    invitation: "Invitation | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    invitation is the invitation just mailed (its token is only in the mail).
+    """
+
+
+default_message_pool.register_message(
+    "medmesh.auth.v1", "InviteUserResponse", InviteUserResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class Jwk(betterproto2.Message):
     """
     Jwk is one public key of the token signing key set, as a JSON Web Key (RFC 7517); field
@@ -246,6 +485,14 @@ class ListUsersRequest(betterproto2.Message):
     page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
     page_token is next_page_token of the previous page; empty for the first page.
+    """
+
+    approval_state: "ApprovalState" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: ApprovalState(0)
+    )
+    """
+    approval_state, when set, lists only users in that state (APPROVAL_STATE_PENDING: the
+    accounts waiting for ApproveUser); APPROVAL_STATE_UNSPECIFIED lists every user.
     """
 
 
@@ -715,7 +962,19 @@ class User(betterproto2.Message):
         optional=True,
     )
     """
-    update_time is when the user was last changed (roles, password, disabled).
+    update_time is when the user was last changed (roles, password, disabled, approval).
+    """
+
+    approval_state: "ApprovalState" = betterproto2.field(
+        11, betterproto2.TYPE_ENUM, default_factory=lambda: ApprovalState(0)
+    )
+    """
+    approval_state says whether an admin of the clinic has let the user at clinic data.
+    A self-registered user (Register) is APPROVAL_STATE_PENDING until ApproveUser; a user
+    who accepted an invitation (AcceptInvitation) or was created by the operator is
+    APPROVAL_STATE_APPROVED. A pending user may sign in and call GetMe, ChangePassword and
+    Logout; its access tokens carry no roles, so every clinic RPC of every service returns
+    PERMISSION_DENIED until it is approved and signs in again (or refreshes its token).
     """
 
 
@@ -772,7 +1031,9 @@ class AuthServiceStub:
 
     def register(self, message: "RegisterRequest") -> "RegisterResponse":
         """
-        Register creates an unverified user and sends a verification e-mail. Public.
+        Register creates an unverified user, pending approval by an admin of the clinic, and
+        sends a verification e-mail. Public. Until ApproveUser the user reaches no clinic data
+        (see User.approval_state); an invitation (InviteUser) is the way in without approval.
         Returns INVALID_ARGUMENT for a malformed e-mail, a weak password or an unknown clinic,
         ALREADY_EXISTS if the e-mail is registered, RESOURCE_EXHAUSTED when rate-limited.
         """
@@ -785,9 +1046,10 @@ class AuthServiceStub:
 
     def verify_email(self, message: "VerifyEmailRequest") -> "VerifyEmailResponse":
         """
-        VerifyEmail confirms a user's e-mail address with the token from the e-mail. Public.
+        VerifyEmail confirms a user's e-mail address with the token from the e-mail (the mail's
+        link is `{public_url}/verify-email#token={token}`). Public.
         Returns INVALID_ARGUMENT if the token is empty, FAILED_PRECONDITION if it is unknown,
-        expired or already used.
+        expired or already used, RESOURCE_EXHAUSTED when rate-limited (per client IP).
         """
 
         return self._channel.unary_unary(
@@ -799,9 +1061,12 @@ class AuthServiceStub:
     def login(self, message: "LoginRequest") -> "LoginResponse":
         """
         Login exchanges e-mail and password for an access and a refresh token. Public.
-        Returns UNAUTHENTICATED for a wrong e-mail or password (the same for both),
+        A user pending approval signs in too, with an access token that carries no roles.
+        Every attempt counts against per-account and per-IP limits before the password is
+        checked. Returns UNAUTHENTICATED for a wrong e-mail or password (the same for both),
         FAILED_PRECONDITION if the e-mail is not verified, PERMISSION_DENIED if the user is
-        disabled, RESOURCE_EXHAUSTED when rate-limited.
+        disabled, RESOURCE_EXHAUSTED (with RetryInfo) when rate-limited or when too many
+        password checks are already running.
         """
 
         return self._channel.unary_unary(
@@ -839,7 +1104,7 @@ class AuthServiceStub:
 
     def get_me(self, message: "GetMeRequest | None" = None) -> "GetMeResponse":
         """
-        GetMe returns the signed-in user. Authenticated.
+        GetMe returns the signed-in user. Authenticated (also while pending approval).
         Returns UNAUTHENTICATED without a valid token, NOT_FOUND if the user was deleted.
         """
 
@@ -857,7 +1122,7 @@ class AuthServiceStub:
     ) -> "ChangePasswordResponse":
         """
         ChangePassword replaces the signed-in user's password and revokes all their refresh
-        tokens. Authenticated. Returns UNAUTHENTICATED if current_password is wrong,
+        tokens. Authenticated (also while pending approval). Returns UNAUTHENTICATED if current_password is wrong,
         INVALID_ARGUMENT if new_password is weak.
         """
 
@@ -886,9 +1151,12 @@ class AuthServiceStub:
         self, message: "ResetPasswordRequest"
     ) -> "ResetPasswordResponse":
         """
-        ResetPassword sets a new password with a reset token and revokes all refresh tokens of
-        the user. Public. Returns INVALID_ARGUMENT if new_password is weak, FAILED_PRECONDITION
-        if the token is unknown, expired or already used.
+        ResetPassword sets a new password with a reset token (the mail's link is
+        `{public_url}/reset-password#token={token}`) and revokes all refresh tokens of the user.
+        Public. The token and the rate limits are checked before the new password is hashed.
+        Returns INVALID_ARGUMENT if new_password is weak, FAILED_PRECONDITION if the token is
+        unknown, expired or already used, RESOURCE_EXHAUSTED when rate-limited (per client IP
+        and per account).
         """
 
         return self._channel.unary_unary(
@@ -899,7 +1167,8 @@ class AuthServiceStub:
 
     def list_users(self, message: "ListUsersRequest") -> "ListUsersResponse":
         """
-        ListUsers lists the users of the caller's clinic, oldest first. Authenticated, admin.
+        ListUsers lists the users of the caller's clinic, oldest first, optionally only those
+        in one approval state. Authenticated, admin.
         Returns PERMISSION_DENIED for non-admins, INVALID_ARGUMENT for a bad page token.
         """
 
@@ -935,6 +1204,54 @@ class AuthServiceStub:
             "/medmesh.auth.v1.AuthService/DisableUser",
             DisableUserRequest.SerializeToString,
             DisableUserResponse.FromString,
+        )(message)
+
+    def invite_user(self, message: "InviteUserRequest") -> "InviteUserResponse":
+        """
+        InviteUser mails an invitation to join the caller's clinic with the given roles: a link
+        `{public_url}/accept-invitation#token={token}` whose token works once, until
+        Invitation.expire_time. A newer invitation to the same address replaces older ones.
+        Authenticated, admin. Returns PERMISSION_DENIED for non-admins, INVALID_ARGUMENT for a
+        malformed e-mail, an empty display_name, no roles or ROLE_UNSPECIFIED, ALREADY_EXISTS if
+        the e-mail is registered, RESOURCE_EXHAUSTED when rate-limited.
+        """
+
+        return self._channel.unary_unary(
+            "/medmesh.auth.v1.AuthService/InviteUser",
+            InviteUserRequest.SerializeToString,
+            InviteUserResponse.FromString,
+        )(message)
+
+    def accept_invitation(
+        self, message: "AcceptInvitationRequest"
+    ) -> "AcceptInvitationResponse":
+        """
+        AcceptInvitation creates the invited account with the invitation's clinic and roles:
+        e-mail verified (the token came by mail) and approved. Public. The token and the rate
+        limits are checked before the password is hashed. Returns INVALID_ARGUMENT if the token
+        is empty, the password weak or display_name unusable, FAILED_PRECONDITION if the token
+        is unknown, expired, replaced or already used, ALREADY_EXISTS if the e-mail was
+        registered meanwhile, RESOURCE_EXHAUSTED when rate-limited.
+        """
+
+        return self._channel.unary_unary(
+            "/medmesh.auth.v1.AuthService/AcceptInvitation",
+            AcceptInvitationRequest.SerializeToString,
+            AcceptInvitationResponse.FromString,
+        )(message)
+
+    def approve_user(self, message: "ApproveUserRequest") -> "ApproveUserResponse":
+        """
+        ApproveUser lets a pending user of the caller's clinic reach the clinic's data with its
+        roles (from its next sign-in or token refresh); idempotent. Authenticated, admin.
+        Returns PERMISSION_DENIED for non-admins, NOT_FOUND if the user does not exist or
+        belongs to another clinic, INVALID_ARGUMENT for a malformed name.
+        """
+
+        return self._channel.unary_unary(
+            "/medmesh.auth.v1.AuthService/ApproveUser",
+            ApproveUserRequest.SerializeToString,
+            ApproveUserResponse.FromString,
         )(message)
 
     def get_jwks(self, message: "GetJwksRequest | None" = None) -> "GetJwksResponse":

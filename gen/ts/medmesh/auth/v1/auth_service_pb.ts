@@ -7,7 +7,7 @@ import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2
 import { file_google_api_annotations } from "../../../google/api/annotations_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Jwk, User } from "./user_pb";
+import type { ApprovalState, Invitation, Jwk, User } from "./user_pb";
 import { file_medmesh_auth_v1_user } from "./user_pb";
 import type { Role } from "../../common/v1/common_pb";
 import { file_medmesh_common_v1_common } from "../../common/v1/common_pb";
@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file medmesh/auth/v1/auth_service.proto.
  */
 export const file_medmesh_auth_v1_auth_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJtZWRtZXNoL2F1dGgvdjEvYXV0aF9zZXJ2aWNlLnByb3RvEg9tZWRtZXNoLmF1dGgudjEiWwoPUmVnaXN0ZXJSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIRCgljbGluaWNfaWQYBCABKAkiNwoQUmVnaXN0ZXJSZXNwb25zZRIjCgR1c2VyGAEgASgLMhUubWVkbWVzaC5hdXRoLnYxLlVzZXIiIwoSVmVyaWZ5RW1haWxSZXF1ZXN0Eg0KBXRva2VuGAEgASgJIjoKE1ZlcmlmeUVtYWlsUmVzcG9uc2USIwoEdXNlchgBIAEoCzIVLm1lZG1lc2guYXV0aC52MS5Vc2VyIi8KDExvZ2luUmVxdWVzdBINCgVlbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSLzAQoNTG9naW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRISCgp0b2tlbl90eXBlGAMgASgJEhIKCmV4cGlyZXNfaW4YBCABKAUSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKE3JlZnJlc2hfZXhwaXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBHVzZXIYByABKAsyFS5tZWRtZXNoLmF1dGgudjEuVXNlciIsChNSZWZyZXNoVG9rZW5SZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAki1QEKFFJlZnJlc2hUb2tlblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAIgASgJEhIKCnRva2VuX3R5cGUYAyABKAkSEgoKZXhwaXJlc19pbhgEIAEoBRIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoTcmVmcmVzaF9leHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJgoNTG9nb3V0UmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIhAKDkxvZ291dFJlc3BvbnNlIg4KDEdldE1lUmVxdWVzdCI0Cg1HZXRNZVJlc3BvbnNlEiMKBHVzZXIYASABKAsyFS5tZWRtZXNoLmF1dGgudjEuVXNlciJHChVDaGFuZ2VQYXNzd29yZFJlcXVlc3QSGAoQY3VycmVudF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkiGAoWQ2hhbmdlUGFzc3dvcmRSZXNwb25zZSIsChtSZXF1ZXN0UGFzc3dvcmRSZXNldFJlcXVlc3QSDQoFZW1haWwYASABKAkiHgocUmVxdWVzdFBhc3N3b3JkUmVzZXRSZXNwb25zZSI7ChRSZXNldFBhc3N3b3JkUmVxdWVzdBINCgV0b2tlbhgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkiFwoVUmVzZXRQYXNzd29yZFJlc3BvbnNlIjkKEExpc3RVc2Vyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoRTGlzdFVzZXJzUmVzcG9uc2USJAoFdXNlcnMYASADKAsyFS5tZWRtZXNoLmF1dGgudjEuVXNlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiSwoTU2V0VXNlclJvbGVzUmVxdWVzdBIMCgRuYW1lGAEgASgJEiYKBXJvbGVzGAIgAygOMhcubWVkbWVzaC5jb21tb24udjEuUm9sZSI7ChRTZXRVc2VyUm9sZXNSZXNwb25zZRIjCgR1c2VyGAEgASgLMhUubWVkbWVzaC5hdXRoLnYxLlVzZXIiIgoSRGlzYWJsZVVzZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoTRGlzYWJsZVVzZXJSZXNwb25zZRIjCgR1c2VyGAEgASgLMhUubWVkbWVzaC5hdXRoLnYxLlVzZXIiEAoOR2V0Sndrc1JlcXVlc3QiNQoPR2V0Sndrc1Jlc3BvbnNlEiIKBGtleXMYASADKAsyFC5tZWRtZXNoLmF1dGgudjEuSndrIhkKF1JvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0IlIKGFJvdGF0ZVNpZ25pbmdLZXlSZXNwb25zZRIhCgNrZXkYASABKAsyFC5tZWRtZXNoLmF1dGgudjEuSndrEhMKC3JldGlyZWRfa2lkGAIgASgJMr0NCgtBdXRoU2VydmljZRJuCghSZWdpc3RlchIgLm1lZG1lc2guYXV0aC52MS5SZWdpc3RlclJlcXVlc3QaIS5tZWRtZXNoLmF1dGgudjEuUmVnaXN0ZXJSZXNwb25zZSIdgtPkkwIXOgEqIhIvdjEvdXNlcnM6cmVnaXN0ZXISegoLVmVyaWZ5RW1haWwSIy5tZWRtZXNoLmF1dGgudjEuVmVyaWZ5RW1haWxSZXF1ZXN0GiQubWVkbWVzaC5hdXRoLnYxLlZlcmlmeUVtYWlsUmVzcG9uc2UiIILT5JMCGjoBKiIVL3YxL3VzZXJzOnZlcmlmeUVtYWlsEmEKBUxvZ2luEh0ubWVkbWVzaC5hdXRoLnYxLkxvZ2luUmVxdWVzdBoeLm1lZG1lc2guYXV0aC52MS5Mb2dpblJlc3BvbnNlIhmC0+STAhM6ASoiDi92MS9hdXRoOmxvZ2luEngKDFJlZnJlc2hUb2tlbhIkLm1lZG1lc2guYXV0aC52MS5SZWZyZXNoVG9rZW5SZXF1ZXN0GiUubWVkbWVzaC5hdXRoLnYxLlJlZnJlc2hUb2tlblJlc3BvbnNlIhuC0+STAhU6ASoiEC92MS9hdXRoOnJlZnJlc2gSZQoGTG9nb3V0Eh4ubWVkbWVzaC5hdXRoLnYxLkxvZ291dFJlcXVlc3QaHy5tZWRtZXNoLmF1dGgudjEuTG9nb3V0UmVzcG9uc2UiGoLT5JMCFDoBKiIPL3YxL2F1dGg6bG9nb3V0El8KBUdldE1lEh0ubWVkbWVzaC5hdXRoLnYxLkdldE1lUmVxdWVzdBoeLm1lZG1lc2guYXV0aC52MS5HZXRNZVJlc3BvbnNlIheQAgGC0+STAg4SDC92MS91c2Vycy9tZRKJAQoOQ2hhbmdlUGFzc3dvcmQSJi5tZWRtZXNoLmF1dGgudjEuQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0GicubWVkbWVzaC5hdXRoLnYxLkNoYW5nZVBhc3N3b3JkUmVzcG9uc2UiJoLT5JMCIDoBKiIbL3YxL3VzZXJzL21lOmNoYW5nZVBhc3N3b3JkEp0BChRSZXF1ZXN0UGFzc3dvcmRSZXNldBIsLm1lZG1lc2guYXV0aC52MS5SZXF1ZXN0UGFzc3dvcmRSZXNldFJlcXVlc3QaLS5tZWRtZXNoLmF1dGgudjEuUmVxdWVzdFBhc3N3b3JkUmVzZXRSZXNwb25zZSIogtPkkwIiOgEqIh0vdjEvYXV0aDpyZXF1ZXN0UGFzc3dvcmRSZXNldBKBAQoNUmVzZXRQYXNzd29yZBIlLm1lZG1lc2guYXV0aC52MS5SZXNldFBhc3N3b3JkUmVxdWVzdBomLm1lZG1lc2guYXV0aC52MS5SZXNldFBhc3N3b3JkUmVzcG9uc2UiIYLT5JMCGzoBKiIWL3YxL2F1dGg6cmVzZXRQYXNzd29yZBJoCglMaXN0VXNlcnMSIS5tZWRtZXNoLmF1dGgudjEuTGlzdFVzZXJzUmVxdWVzdBoiLm1lZG1lc2guYXV0aC52MS5MaXN0VXNlcnNSZXNwb25zZSIUkAIBgtPkkwILEgkvdjEvdXNlcnMSgwEKDFNldFVzZXJSb2xlcxIkLm1lZG1lc2guYXV0aC52MS5TZXRVc2VyUm9sZXNSZXF1ZXN0GiUubWVkbWVzaC5hdXRoLnYxLlNldFVzZXJSb2xlc1Jlc3BvbnNlIiaC0+STAiA6ASoiGy92MS97bmFtZT11c2Vycy8qfTpzZXRSb2xlcxJ/CgtEaXNhYmxlVXNlchIjLm1lZG1lc2guYXV0aC52MS5EaXNhYmxlVXNlclJlcXVlc3QaJC5tZWRtZXNoLmF1dGgudjEuRGlzYWJsZVVzZXJSZXNwb25zZSIlgtPkkwIfOgEqIhovdjEve25hbWU9dXNlcnMvKn06ZGlzYWJsZRJvCgdHZXRKd2tzEh8ubWVkbWVzaC5hdXRoLnYxLkdldEp3a3NSZXF1ZXN0GiAubWVkbWVzaC5hdXRoLnYxLkdldEp3a3NSZXNwb25zZSIhkAIBgtPkkwIYEhYvLndlbGwta25vd24vandrcy5qc29uEooBChBSb3RhdGVTaWduaW5nS2V5EigubWVkbWVzaC5hdXRoLnYxLlJvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0GikubWVkbWVzaC5hdXRoLnYxLlJvdGF0ZVNpZ25pbmdLZXlSZXNwb25zZSIhgtPkkwIbOgEqIhYvdjEvc2lnbmluZ0tleXM6cm90YXRlYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_timestamp, file_medmesh_auth_v1_user, file_medmesh_common_v1_common]);
+  fileDesc("CiJtZWRtZXNoL2F1dGgvdjEvYXV0aF9zZXJ2aWNlLnByb3RvEg9tZWRtZXNoLmF1dGgudjEiWwoPUmVnaXN0ZXJSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIRCgljbGluaWNfaWQYBCABKAkiNwoQUmVnaXN0ZXJSZXNwb25zZRIjCgR1c2VyGAEgASgLMhUubWVkbWVzaC5hdXRoLnYxLlVzZXIiIwoSVmVyaWZ5RW1haWxSZXF1ZXN0Eg0KBXRva2VuGAEgASgJIjoKE1ZlcmlmeUVtYWlsUmVzcG9uc2USIwoEdXNlchgBIAEoCzIVLm1lZG1lc2guYXV0aC52MS5Vc2VyIi8KDExvZ2luUmVxdWVzdBINCgVlbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSLzAQoNTG9naW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRISCgp0b2tlbl90eXBlGAMgASgJEhIKCmV4cGlyZXNfaW4YBCABKAUSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjcKE3JlZnJlc2hfZXhwaXJlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBHVzZXIYByABKAsyFS5tZWRtZXNoLmF1dGgudjEuVXNlciIsChNSZWZyZXNoVG9rZW5SZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAki1QEKFFJlZnJlc2hUb2tlblJlc3BvbnNlEhQKDGFjY2Vzc190b2tlbhgBIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAIgASgJEhIKCnRva2VuX3R5cGUYAyABKAkSEgoKZXhwaXJlc19pbhgEIAEoBRIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoTcmVmcmVzaF9leHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJgoNTG9nb3V0UmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIhAKDkxvZ291dFJlc3BvbnNlIg4KDEdldE1lUmVxdWVzdCI0Cg1HZXRNZVJlc3BvbnNlEiMKBHVzZXIYASABKAsyFS5tZWRtZXNoLmF1dGgudjEuVXNlciJHChVDaGFuZ2VQYXNzd29yZFJlcXVlc3QSGAoQY3VycmVudF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkiGAoWQ2hhbmdlUGFzc3dvcmRSZXNwb25zZSIsChtSZXF1ZXN0UGFzc3dvcmRSZXNldFJlcXVlc3QSDQoFZW1haWwYASABKAkiHgocUmVxdWVzdFBhc3N3b3JkUmVzZXRSZXNwb25zZSI7ChRSZXNldFBhc3N3b3JkUmVxdWVzdBINCgV0b2tlbhgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkiFwoVUmVzZXRQYXNzd29yZFJlc3BvbnNlInEKEExpc3RVc2Vyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSNgoOYXBwcm92YWxfc3RhdGUYAyABKA4yHi5tZWRtZXNoLmF1dGgudjEuQXBwcm92YWxTdGF0ZSJSChFMaXN0VXNlcnNSZXNwb25zZRIkCgV1c2VycxgBIAMoCzIVLm1lZG1lc2guYXV0aC52MS5Vc2VyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJLChNTZXRVc2VyUm9sZXNSZXF1ZXN0EgwKBG5hbWUYASABKAkSJgoFcm9sZXMYAiADKA4yFy5tZWRtZXNoLmNvbW1vbi52MS5Sb2xlIjsKFFNldFVzZXJSb2xlc1Jlc3BvbnNlEiMKBHVzZXIYASABKAsyFS5tZWRtZXNoLmF1dGgudjEuVXNlciIiChJEaXNhYmxlVXNlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI6ChNEaXNhYmxlVXNlclJlc3BvbnNlEiMKBHVzZXIYASABKAsyFS5tZWRtZXNoLmF1dGgudjEuVXNlciJgChFJbnZpdGVVc2VyUmVxdWVzdBINCgVlbWFpbBgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSJgoFcm9sZXMYAyADKA4yFy5tZWRtZXNoLmNvbW1vbi52MS5Sb2xlIkUKEkludml0ZVVzZXJSZXNwb25zZRIvCgppbnZpdGF0aW9uGAEgASgLMhsubWVkbWVzaC5hdXRoLnYxLkludml0YXRpb24iUAoXQWNjZXB0SW52aXRhdGlvblJlcXVlc3QSDQoFdG9rZW4YASABKAkSEAoIcGFzc3dvcmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJIj8KGEFjY2VwdEludml0YXRpb25SZXNwb25zZRIjCgR1c2VyGAEgASgLMhUubWVkbWVzaC5hdXRoLnYxLlVzZXIiIgoSQXBwcm92ZVVzZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkiOgoTQXBwcm92ZVVzZXJSZXNwb25zZRIjCgR1c2VyGAEgASgLMhUubWVkbWVzaC5hdXRoLnYxLlVzZXIiEAoOR2V0Sndrc1JlcXVlc3QiNQoPR2V0Sndrc1Jlc3BvbnNlEiIKBGtleXMYASADKAsyFC5tZWRtZXNoLmF1dGgudjEuSndrIhkKF1JvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0IlIKGFJvdGF0ZVNpZ25pbmdLZXlSZXNwb25zZRIhCgNrZXkYASABKAsyFC5tZWRtZXNoLmF1dGgudjEuSndrEhMKC3JldGlyZWRfa2lkGAIgASgJMsMQCgtBdXRoU2VydmljZRJuCghSZWdpc3RlchIgLm1lZG1lc2guYXV0aC52MS5SZWdpc3RlclJlcXVlc3QaIS5tZWRtZXNoLmF1dGgudjEuUmVnaXN0ZXJSZXNwb25zZSIdgtPkkwIXOgEqIhIvdjEvdXNlcnM6cmVnaXN0ZXISegoLVmVyaWZ5RW1haWwSIy5tZWRtZXNoLmF1dGgudjEuVmVyaWZ5RW1haWxSZXF1ZXN0GiQubWVkbWVzaC5hdXRoLnYxLlZlcmlmeUVtYWlsUmVzcG9uc2UiIILT5JMCGjoBKiIVL3YxL3VzZXJzOnZlcmlmeUVtYWlsEmEKBUxvZ2luEh0ubWVkbWVzaC5hdXRoLnYxLkxvZ2luUmVxdWVzdBoeLm1lZG1lc2guYXV0aC52MS5Mb2dpblJlc3BvbnNlIhmC0+STAhM6ASoiDi92MS9hdXRoOmxvZ2luEngKDFJlZnJlc2hUb2tlbhIkLm1lZG1lc2guYXV0aC52MS5SZWZyZXNoVG9rZW5SZXF1ZXN0GiUubWVkbWVzaC5hdXRoLnYxLlJlZnJlc2hUb2tlblJlc3BvbnNlIhuC0+STAhU6ASoiEC92MS9hdXRoOnJlZnJlc2gSZQoGTG9nb3V0Eh4ubWVkbWVzaC5hdXRoLnYxLkxvZ291dFJlcXVlc3QaHy5tZWRtZXNoLmF1dGgudjEuTG9nb3V0UmVzcG9uc2UiGoLT5JMCFDoBKiIPL3YxL2F1dGg6bG9nb3V0El8KBUdldE1lEh0ubWVkbWVzaC5hdXRoLnYxLkdldE1lUmVxdWVzdBoeLm1lZG1lc2guYXV0aC52MS5HZXRNZVJlc3BvbnNlIheQAgGC0+STAg4SDC92MS91c2Vycy9tZRKJAQoOQ2hhbmdlUGFzc3dvcmQSJi5tZWRtZXNoLmF1dGgudjEuQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0GicubWVkbWVzaC5hdXRoLnYxLkNoYW5nZVBhc3N3b3JkUmVzcG9uc2UiJoLT5JMCIDoBKiIbL3YxL3VzZXJzL21lOmNoYW5nZVBhc3N3b3JkEp0BChRSZXF1ZXN0UGFzc3dvcmRSZXNldBIsLm1lZG1lc2guYXV0aC52MS5SZXF1ZXN0UGFzc3dvcmRSZXNldFJlcXVlc3QaLS5tZWRtZXNoLmF1dGgudjEuUmVxdWVzdFBhc3N3b3JkUmVzZXRSZXNwb25zZSIogtPkkwIiOgEqIh0vdjEvYXV0aDpyZXF1ZXN0UGFzc3dvcmRSZXNldBKBAQoNUmVzZXRQYXNzd29yZBIlLm1lZG1lc2guYXV0aC52MS5SZXNldFBhc3N3b3JkUmVxdWVzdBomLm1lZG1lc2guYXV0aC52MS5SZXNldFBhc3N3b3JkUmVzcG9uc2UiIYLT5JMCGzoBKiIWL3YxL2F1dGg6cmVzZXRQYXNzd29yZBJoCglMaXN0VXNlcnMSIS5tZWRtZXNoLmF1dGgudjEuTGlzdFVzZXJzUmVxdWVzdBoiLm1lZG1lc2guYXV0aC52MS5MaXN0VXNlcnNSZXNwb25zZSIUkAIBgtPkkwILEgkvdjEvdXNlcnMSgwEKDFNldFVzZXJSb2xlcxIkLm1lZG1lc2guYXV0aC52MS5TZXRVc2VyUm9sZXNSZXF1ZXN0GiUubWVkbWVzaC5hdXRoLnYxLlNldFVzZXJSb2xlc1Jlc3BvbnNlIiaC0+STAiA6ASoiGy92MS97bmFtZT11c2Vycy8qfTpzZXRSb2xlcxJ/CgtEaXNhYmxlVXNlchIjLm1lZG1lc2guYXV0aC52MS5EaXNhYmxlVXNlclJlcXVlc3QaJC5tZWRtZXNoLmF1dGgudjEuRGlzYWJsZVVzZXJSZXNwb25zZSIlgtPkkwIfOgEqIhovdjEve25hbWU9dXNlcnMvKn06ZGlzYWJsZRJyCgpJbnZpdGVVc2VyEiIubWVkbWVzaC5hdXRoLnYxLkludml0ZVVzZXJSZXF1ZXN0GiMubWVkbWVzaC5hdXRoLnYxLkludml0ZVVzZXJSZXNwb25zZSIbgtPkkwIVOgEqIhAvdjEvdXNlcnM6aW52aXRlEo4BChBBY2NlcHRJbnZpdGF0aW9uEigubWVkbWVzaC5hdXRoLnYxLkFjY2VwdEludml0YXRpb25SZXF1ZXN0GikubWVkbWVzaC5hdXRoLnYxLkFjY2VwdEludml0YXRpb25SZXNwb25zZSIlgtPkkwIfOgEqIhovdjEvdXNlcnM6YWNjZXB0SW52aXRhdGlvbhJ/CgtBcHByb3ZlVXNlchIjLm1lZG1lc2guYXV0aC52MS5BcHByb3ZlVXNlclJlcXVlc3QaJC5tZWRtZXNoLmF1dGgudjEuQXBwcm92ZVVzZXJSZXNwb25zZSIlgtPkkwIfOgEqIhovdjEve25hbWU9dXNlcnMvKn06YXBwcm92ZRJvCgdHZXRKd2tzEh8ubWVkbWVzaC5hdXRoLnYxLkdldEp3a3NSZXF1ZXN0GiAubWVkbWVzaC5hdXRoLnYxLkdldEp3a3NSZXNwb25zZSIhkAIBgtPkkwIYEhYvLndlbGwta25vd24vandrcy5qc29uEooBChBSb3RhdGVTaWduaW5nS2V5EigubWVkbWVzaC5hdXRoLnYxLlJvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0GikubWVkbWVzaC5hdXRoLnYxLlJvdGF0ZVNpZ25pbmdLZXlSZXNwb25zZSIhgtPkkwIbOgEqIhYvdjEvc2lnbmluZ0tleXM6cm90YXRlYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_timestamp, file_medmesh_auth_v1_user, file_medmesh_common_v1_common]);
 
 /**
  * RegisterRequest is the input of Register.
@@ -505,6 +505,14 @@ export type ListUsersRequest = Message<"medmesh.auth.v1.ListUsersRequest"> & {
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * approval_state, when set, lists only users in that state (APPROVAL_STATE_PENDING: the
+   * accounts waiting for ApproveUser); APPROVAL_STATE_UNSPECIFIED lists every user.
+   *
+   * @generated from field: medmesh.auth.v1.ApprovalState approval_state = 3;
+   */
+  approvalState: ApprovalState;
 };
 
 /**
@@ -634,6 +642,161 @@ export const DisableUserResponseSchema: GenMessage<DisableUserResponse> = /*@__P
   messageDesc(file_medmesh_auth_v1_auth_service, 23);
 
 /**
+ * InviteUserRequest is the input of InviteUser.
+ *
+ * @generated from message medmesh.auth.v1.InviteUserRequest
+ */
+export type InviteUserRequest = Message<"medmesh.auth.v1.InviteUserRequest"> & {
+  /**
+   * email is the address to invite. Required; INVALID_ARGUMENT if malformed, ALREADY_EXISTS
+   * if a user has it.
+   *
+   * @generated from field: string email = 1;
+   */
+  email: string;
+
+  /**
+   * display_name is the name the account will show. Required; INVALID_ARGUMENT if empty.
+   *
+   * @generated from field: string display_name = 2;
+   */
+  displayName: string;
+
+  /**
+   * roles are the roles the account will hold. Required, at least one, no ROLE_UNSPECIFIED.
+   *
+   * @generated from field: repeated medmesh.common.v1.Role roles = 3;
+   */
+  roles: Role[];
+};
+
+/**
+ * Describes the message medmesh.auth.v1.InviteUserRequest.
+ * Use `create(InviteUserRequestSchema)` to create a new message.
+ */
+export const InviteUserRequestSchema: GenMessage<InviteUserRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_auth_v1_auth_service, 24);
+
+/**
+ * InviteUserResponse is the output of InviteUser.
+ *
+ * @generated from message medmesh.auth.v1.InviteUserResponse
+ */
+export type InviteUserResponse = Message<"medmesh.auth.v1.InviteUserResponse"> & {
+  /**
+   * invitation is the invitation just mailed (its token is only in the mail).
+   *
+   * @generated from field: medmesh.auth.v1.Invitation invitation = 1;
+   */
+  invitation?: Invitation | undefined;
+};
+
+/**
+ * Describes the message medmesh.auth.v1.InviteUserResponse.
+ * Use `create(InviteUserResponseSchema)` to create a new message.
+ */
+export const InviteUserResponseSchema: GenMessage<InviteUserResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_auth_v1_auth_service, 25);
+
+/**
+ * AcceptInvitationRequest is the input of AcceptInvitation.
+ *
+ * @generated from message medmesh.auth.v1.AcceptInvitationRequest
+ */
+export type AcceptInvitationRequest = Message<"medmesh.auth.v1.AcceptInvitationRequest"> & {
+  /**
+   * token is the invitation token from the e-mail link's fragment. Required.
+   *
+   * @generated from field: string token = 1;
+   */
+  token: string;
+
+  /**
+   * password is the new account's password. Required; INVALID_ARGUMENT if weak.
+   *
+   * @generated from field: string password = 2;
+   */
+  password: string;
+
+  /**
+   * display_name replaces the invitation's display name; empty keeps it.
+   *
+   * @generated from field: string display_name = 3;
+   */
+  displayName: string;
+};
+
+/**
+ * Describes the message medmesh.auth.v1.AcceptInvitationRequest.
+ * Use `create(AcceptInvitationRequestSchema)` to create a new message.
+ */
+export const AcceptInvitationRequestSchema: GenMessage<AcceptInvitationRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_auth_v1_auth_service, 26);
+
+/**
+ * AcceptInvitationResponse is the output of AcceptInvitation.
+ *
+ * @generated from message medmesh.auth.v1.AcceptInvitationResponse
+ */
+export type AcceptInvitationResponse = Message<"medmesh.auth.v1.AcceptInvitationResponse"> & {
+  /**
+   * user is the new account: verified, approved, with the invitation's roles.
+   *
+   * @generated from field: medmesh.auth.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message medmesh.auth.v1.AcceptInvitationResponse.
+ * Use `create(AcceptInvitationResponseSchema)` to create a new message.
+ */
+export const AcceptInvitationResponseSchema: GenMessage<AcceptInvitationResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_auth_v1_auth_service, 27);
+
+/**
+ * ApproveUserRequest is the input of ApproveUser.
+ *
+ * @generated from message medmesh.auth.v1.ApproveUserRequest
+ */
+export type ApproveUserRequest = Message<"medmesh.auth.v1.ApproveUserRequest"> & {
+  /**
+   * name is the user to approve: `users/{user}`. Required.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message medmesh.auth.v1.ApproveUserRequest.
+ * Use `create(ApproveUserRequestSchema)` to create a new message.
+ */
+export const ApproveUserRequestSchema: GenMessage<ApproveUserRequest> = /*@__PURE__*/
+  messageDesc(file_medmesh_auth_v1_auth_service, 28);
+
+/**
+ * ApproveUserResponse is the output of ApproveUser.
+ *
+ * @generated from message medmesh.auth.v1.ApproveUserResponse
+ */
+export type ApproveUserResponse = Message<"medmesh.auth.v1.ApproveUserResponse"> & {
+  /**
+   * user is the approved user (approval_state APPROVAL_STATE_APPROVED).
+   *
+   * @generated from field: medmesh.auth.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message medmesh.auth.v1.ApproveUserResponse.
+ * Use `create(ApproveUserResponseSchema)` to create a new message.
+ */
+export const ApproveUserResponseSchema: GenMessage<ApproveUserResponse> = /*@__PURE__*/
+  messageDesc(file_medmesh_auth_v1_auth_service, 29);
+
+/**
  * GetJwksRequest is the input of GetJwks; it is empty.
  *
  * @generated from message medmesh.auth.v1.GetJwksRequest
@@ -646,7 +809,7 @@ export type GetJwksRequest = Message<"medmesh.auth.v1.GetJwksRequest"> & {
  * Use `create(GetJwksRequestSchema)` to create a new message.
  */
 export const GetJwksRequestSchema: GenMessage<GetJwksRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_auth_v1_auth_service, 24);
+  messageDesc(file_medmesh_auth_v1_auth_service, 30);
 
 /**
  * GetJwksResponse is the output of GetJwks: a JWKS document (RFC 7517, section 5).
@@ -667,7 +830,7 @@ export type GetJwksResponse = Message<"medmesh.auth.v1.GetJwksResponse"> & {
  * Use `create(GetJwksResponseSchema)` to create a new message.
  */
 export const GetJwksResponseSchema: GenMessage<GetJwksResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_auth_v1_auth_service, 25);
+  messageDesc(file_medmesh_auth_v1_auth_service, 31);
 
 /**
  * RotateSigningKeyRequest is the input of RotateSigningKey; it is empty.
@@ -682,7 +845,7 @@ export type RotateSigningKeyRequest = Message<"medmesh.auth.v1.RotateSigningKeyR
  * Use `create(RotateSigningKeyRequestSchema)` to create a new message.
  */
 export const RotateSigningKeyRequestSchema: GenMessage<RotateSigningKeyRequest> = /*@__PURE__*/
-  messageDesc(file_medmesh_auth_v1_auth_service, 26);
+  messageDesc(file_medmesh_auth_v1_auth_service, 32);
 
 /**
  * RotateSigningKeyResponse is the output of RotateSigningKey.
@@ -710,7 +873,7 @@ export type RotateSigningKeyResponse = Message<"medmesh.auth.v1.RotateSigningKey
  * Use `create(RotateSigningKeyResponseSchema)` to create a new message.
  */
 export const RotateSigningKeyResponseSchema: GenMessage<RotateSigningKeyResponse> = /*@__PURE__*/
-  messageDesc(file_medmesh_auth_v1_auth_service, 27);
+  messageDesc(file_medmesh_auth_v1_auth_service, 33);
 
 /**
  * AuthService registers users, signs them in with short-lived access tokens (JWT, signed
@@ -723,7 +886,9 @@ export const RotateSigningKeyResponseSchema: GenMessage<RotateSigningKeyResponse
  */
 export const AuthService: GenService<{
   /**
-   * Register creates an unverified user and sends a verification e-mail. Public.
+   * Register creates an unverified user, pending approval by an admin of the clinic, and
+   * sends a verification e-mail. Public. Until ApproveUser the user reaches no clinic data
+   * (see User.approval_state); an invitation (InviteUser) is the way in without approval.
    * Returns INVALID_ARGUMENT for a malformed e-mail, a weak password or an unknown clinic,
    * ALREADY_EXISTS if the e-mail is registered, RESOURCE_EXHAUSTED when rate-limited.
    *
@@ -735,9 +900,10 @@ export const AuthService: GenService<{
     output: typeof RegisterResponseSchema;
   },
   /**
-   * VerifyEmail confirms a user's e-mail address with the token from the e-mail. Public.
+   * VerifyEmail confirms a user's e-mail address with the token from the e-mail (the mail's
+   * link is `{public_url}/verify-email#token={token}`). Public.
    * Returns INVALID_ARGUMENT if the token is empty, FAILED_PRECONDITION if it is unknown,
-   * expired or already used.
+   * expired or already used, RESOURCE_EXHAUSTED when rate-limited (per client IP).
    *
    * @generated from rpc medmesh.auth.v1.AuthService.VerifyEmail
    */
@@ -748,9 +914,12 @@ export const AuthService: GenService<{
   },
   /**
    * Login exchanges e-mail and password for an access and a refresh token. Public.
-   * Returns UNAUTHENTICATED for a wrong e-mail or password (the same for both),
+   * A user pending approval signs in too, with an access token that carries no roles.
+   * Every attempt counts against per-account and per-IP limits before the password is
+   * checked. Returns UNAUTHENTICATED for a wrong e-mail or password (the same for both),
    * FAILED_PRECONDITION if the e-mail is not verified, PERMISSION_DENIED if the user is
-   * disabled, RESOURCE_EXHAUSTED when rate-limited.
+   * disabled, RESOURCE_EXHAUSTED (with RetryInfo) when rate-limited or when too many
+   * password checks are already running.
    *
    * @generated from rpc medmesh.auth.v1.AuthService.Login
    */
@@ -785,7 +954,7 @@ export const AuthService: GenService<{
     output: typeof LogoutResponseSchema;
   },
   /**
-   * GetMe returns the signed-in user. Authenticated.
+   * GetMe returns the signed-in user. Authenticated (also while pending approval).
    * Returns UNAUTHENTICATED without a valid token, NOT_FOUND if the user was deleted.
    *
    * @generated from rpc medmesh.auth.v1.AuthService.GetMe
@@ -797,7 +966,7 @@ export const AuthService: GenService<{
   },
   /**
    * ChangePassword replaces the signed-in user's password and revokes all their refresh
-   * tokens. Authenticated. Returns UNAUTHENTICATED if current_password is wrong,
+   * tokens. Authenticated (also while pending approval). Returns UNAUTHENTICATED if current_password is wrong,
    * INVALID_ARGUMENT if new_password is weak.
    *
    * @generated from rpc medmesh.auth.v1.AuthService.ChangePassword
@@ -820,9 +989,12 @@ export const AuthService: GenService<{
     output: typeof RequestPasswordResetResponseSchema;
   },
   /**
-   * ResetPassword sets a new password with a reset token and revokes all refresh tokens of
-   * the user. Public. Returns INVALID_ARGUMENT if new_password is weak, FAILED_PRECONDITION
-   * if the token is unknown, expired or already used.
+   * ResetPassword sets a new password with a reset token (the mail's link is
+   * `{public_url}/reset-password#token={token}`) and revokes all refresh tokens of the user.
+   * Public. The token and the rate limits are checked before the new password is hashed.
+   * Returns INVALID_ARGUMENT if new_password is weak, FAILED_PRECONDITION if the token is
+   * unknown, expired or already used, RESOURCE_EXHAUSTED when rate-limited (per client IP
+   * and per account).
    *
    * @generated from rpc medmesh.auth.v1.AuthService.ResetPassword
    */
@@ -832,7 +1004,8 @@ export const AuthService: GenService<{
     output: typeof ResetPasswordResponseSchema;
   },
   /**
-   * ListUsers lists the users of the caller's clinic, oldest first. Authenticated, admin.
+   * ListUsers lists the users of the caller's clinic, oldest first, optionally only those
+   * in one approval state. Authenticated, admin.
    * Returns PERMISSION_DENIED for non-admins, INVALID_ARGUMENT for a bad page token.
    *
    * @generated from rpc medmesh.auth.v1.AuthService.ListUsers
@@ -867,6 +1040,49 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof DisableUserRequestSchema;
     output: typeof DisableUserResponseSchema;
+  },
+  /**
+   * InviteUser mails an invitation to join the caller's clinic with the given roles: a link
+   * `{public_url}/accept-invitation#token={token}` whose token works once, until
+   * Invitation.expire_time. A newer invitation to the same address replaces older ones.
+   * Authenticated, admin. Returns PERMISSION_DENIED for non-admins, INVALID_ARGUMENT for a
+   * malformed e-mail, an empty display_name, no roles or ROLE_UNSPECIFIED, ALREADY_EXISTS if
+   * the e-mail is registered, RESOURCE_EXHAUSTED when rate-limited.
+   *
+   * @generated from rpc medmesh.auth.v1.AuthService.InviteUser
+   */
+  inviteUser: {
+    methodKind: "unary";
+    input: typeof InviteUserRequestSchema;
+    output: typeof InviteUserResponseSchema;
+  },
+  /**
+   * AcceptInvitation creates the invited account with the invitation's clinic and roles:
+   * e-mail verified (the token came by mail) and approved. Public. The token and the rate
+   * limits are checked before the password is hashed. Returns INVALID_ARGUMENT if the token
+   * is empty, the password weak or display_name unusable, FAILED_PRECONDITION if the token
+   * is unknown, expired, replaced or already used, ALREADY_EXISTS if the e-mail was
+   * registered meanwhile, RESOURCE_EXHAUSTED when rate-limited.
+   *
+   * @generated from rpc medmesh.auth.v1.AuthService.AcceptInvitation
+   */
+  acceptInvitation: {
+    methodKind: "unary";
+    input: typeof AcceptInvitationRequestSchema;
+    output: typeof AcceptInvitationResponseSchema;
+  },
+  /**
+   * ApproveUser lets a pending user of the caller's clinic reach the clinic's data with its
+   * roles (from its next sign-in or token refresh); idempotent. Authenticated, admin.
+   * Returns PERMISSION_DENIED for non-admins, NOT_FOUND if the user does not exist or
+   * belongs to another clinic, INVALID_ARGUMENT for a malformed name.
+   *
+   * @generated from rpc medmesh.auth.v1.AuthService.ApproveUser
+   */
+  approveUser: {
+    methodKind: "unary";
+    input: typeof ApproveUserRequestSchema;
+    output: typeof ApproveUserResponseSchema;
   },
   /**
    * GetJwks returns the public keys that verify access tokens: the active signing key and

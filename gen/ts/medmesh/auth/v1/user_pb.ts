@@ -2,8 +2,8 @@
 // @generated from file medmesh/auth/v1/user.proto (package medmesh.auth.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Role } from "../../common/v1/common_pb";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file medmesh/auth/v1/user.proto.
  */
 export const file_medmesh_auth_v1_user: GenFile = /*@__PURE__*/
-  fileDesc("ChptZWRtZXNoL2F1dGgvdjEvdXNlci5wcm90bxIPbWVkbWVzaC5hdXRoLnYxIpECCgRVc2VyEgwKBG5hbWUYASABKAkSDwoHdXNlcl9pZBgCIAEoCRINCgVlbWFpbBgDIAEoCRIUCgxkaXNwbGF5X25hbWUYBCABKAkSEQoJY2xpbmljX2lkGAUgASgJEiYKBXJvbGVzGAYgAygOMhcubWVkbWVzaC5jb21tb24udjEuUm9sZRIWCg5lbWFpbF92ZXJpZmllZBgHIAEoCBIQCghkaXNhYmxlZBgIIAEoCBIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImcKA0p3axILCgNrdHkYASABKAkSCwoDa2lkGAIgASgJEgsKA2FsZxgDIAEoCRILCgN1c2UYBCABKAkSCQoBbhgFIAEoCRIJCgFlGAYgASgJEgsKA2NydhgHIAEoCRIJCgF4GAggASgJYgZwcm90bzM", [file_google_protobuf_timestamp, file_medmesh_common_v1_common]);
+  fileDesc("ChptZWRtZXNoL2F1dGgvdjEvdXNlci5wcm90bxIPbWVkbWVzaC5hdXRoLnYxIskCCgRVc2VyEgwKBG5hbWUYASABKAkSDwoHdXNlcl9pZBgCIAEoCRINCgVlbWFpbBgDIAEoCRIUCgxkaXNwbGF5X25hbWUYBCABKAkSEQoJY2xpbmljX2lkGAUgASgJEiYKBXJvbGVzGAYgAygOMhcubWVkbWVzaC5jb21tb24udjEuUm9sZRIWCg5lbWFpbF92ZXJpZmllZBgHIAEoCBIQCghkaXNhYmxlZBgIIAEoCBIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKDmFwcHJvdmFsX3N0YXRlGAsgASgOMh4ubWVkbWVzaC5hdXRoLnYxLkFwcHJvdmFsU3RhdGUi8wEKCkludml0YXRpb24SDAoEbmFtZRgBIAEoCRIVCg1pbnZpdGF0aW9uX2lkGAIgASgJEg0KBWVtYWlsGAMgASgJEhQKDGRpc3BsYXlfbmFtZRgEIAEoCRIRCgljbGluaWNfaWQYBSABKAkSJgoFcm9sZXMYBiADKA4yFy5tZWRtZXNoLmNvbW1vbi52MS5Sb2xlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZwoDSndrEgsKA2t0eRgBIAEoCRILCgNraWQYAiABKAkSCwoDYWxnGAMgASgJEgsKA3VzZRgEIAEoCRIJCgFuGAUgASgJEgkKAWUYBiABKAkSCwoDY3J2GAcgASgJEgkKAXgYCCABKAkqaAoNQXBwcm92YWxTdGF0ZRIeChpBUFBST1ZBTF9TVEFURV9VTlNQRUNJRklFRBAAEhoKFkFQUFJPVkFMX1NUQVRFX1BFTkRJTkcQARIbChdBUFBST1ZBTF9TVEFURV9BUFBST1ZFRBACYgZwcm90bzM", [file_google_protobuf_timestamp, file_medmesh_common_v1_common]);
 
 /**
  * User is a person or machine client that can sign in; it belongs to exactly one clinic.
@@ -86,11 +86,23 @@ export type User = Message<"medmesh.auth.v1.User"> & {
   createTime?: Timestamp | undefined;
 
   /**
-   * update_time is when the user was last changed (roles, password, disabled).
+   * update_time is when the user was last changed (roles, password, disabled, approval).
    *
    * @generated from field: google.protobuf.Timestamp update_time = 10;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * approval_state says whether an admin of the clinic has let the user at clinic data.
+   * A self-registered user (Register) is APPROVAL_STATE_PENDING until ApproveUser; a user
+   * who accepted an invitation (AcceptInvitation) or was created by the operator is
+   * APPROVAL_STATE_APPROVED. A pending user may sign in and call GetMe, ChangePassword and
+   * Logout; its access tokens carry no roles, so every clinic RPC of every service returns
+   * PERMISSION_DENIED until it is approved and signs in again (or refreshes its token).
+   *
+   * @generated from field: medmesh.auth.v1.ApprovalState approval_state = 11;
+   */
+  approvalState: ApprovalState;
 };
 
 /**
@@ -99,6 +111,77 @@ export type User = Message<"medmesh.auth.v1.User"> & {
  */
 export const UserSchema: GenMessage<User> = /*@__PURE__*/
   messageDesc(file_medmesh_auth_v1_user, 0);
+
+/**
+ * Invitation is an admin's offer to join the clinic with given roles, mailed to one address
+ * with a single-use token; AcceptInvitation turns it into an approved, verified user.
+ *
+ * @generated from message medmesh.auth.v1.Invitation
+ */
+export type Invitation = Message<"medmesh.auth.v1.Invitation"> & {
+  /**
+   * name is the resource name of the invitation: `invitations/{invitation}`.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * invitation_id is the server-assigned id of the invitation (a UUID).
+   *
+   * @generated from field: string invitation_id = 2;
+   */
+  invitationId: string;
+
+  /**
+   * email is the invited address, stored lower-cased; the account will have it.
+   *
+   * @generated from field: string email = 3;
+   */
+  email: string;
+
+  /**
+   * display_name is the name the account gets unless AcceptInvitation names another.
+   *
+   * @generated from field: string display_name = 4;
+   */
+  displayName: string;
+
+  /**
+   * clinic_id is the clinic of the inviting admin; the account joins it.
+   *
+   * @generated from field: string clinic_id = 5;
+   */
+  clinicId: string;
+
+  /**
+   * roles are the roles the account gets, at least one.
+   *
+   * @generated from field: repeated medmesh.common.v1.Role roles = 6;
+   */
+  roles: Role[];
+
+  /**
+   * create_time is when the invitation was sent.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 7;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * expire_time is when the token in the mail stops working.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 8;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message medmesh.auth.v1.Invitation.
+ * Use `create(InvitationSchema)` to create a new message.
+ */
+export const InvitationSchema: GenMessage<Invitation> = /*@__PURE__*/
+  messageDesc(file_medmesh_auth_v1_user, 1);
 
 /**
  * Jwk is one public key of the token signing key set, as a JSON Web Key (RFC 7517); field
@@ -169,5 +252,39 @@ export type Jwk = Message<"medmesh.auth.v1.Jwk"> & {
  * Use `create(JwkSchema)` to create a new message.
  */
 export const JwkSchema: GenMessage<Jwk> = /*@__PURE__*/
-  messageDesc(file_medmesh_auth_v1_user, 1);
+  messageDesc(file_medmesh_auth_v1_user, 2);
+
+/**
+ * ApprovalState is whether a user may reach its clinic's data.
+ *
+ * @generated from enum medmesh.auth.v1.ApprovalState
+ */
+export enum ApprovalState {
+  /**
+   * APPROVAL_STATE_UNSPECIFIED is never stored; in ListUsers it means "any state".
+   *
+   * @generated from enum value: APPROVAL_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * APPROVAL_STATE_PENDING is a self-registered user awaiting an admin's ApproveUser.
+   *
+   * @generated from enum value: APPROVAL_STATE_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * APPROVAL_STATE_APPROVED is a user whose tokens carry its roles.
+   *
+   * @generated from enum value: APPROVAL_STATE_APPROVED = 2;
+   */
+  APPROVED = 2,
+}
+
+/**
+ * Describes the enum medmesh.auth.v1.ApprovalState.
+ */
+export const ApprovalStateSchema: GenEnum<ApprovalState> = /*@__PURE__*/
+  enumDesc(file_medmesh_auth_v1_user, 0);
 
