@@ -14,6 +14,7 @@ import grpc
 import structlog
 
 from gen.medmesh.common.v1 import AnalysisKind
+from medmesh.audit import DeniedAccessRecorder
 from medmesh.db import Database
 from medmesh.objects import ObjectStore
 from medmesh.outbox import Outbox, OutboxRelay
@@ -139,7 +140,7 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
             "jobs wait in the queue until a worker with a model server starts"
         )
     dependencies = InferDependencies(
-        results=ResultReader(database, cache),
+        results=ResultReader(database, cache, objects),
         dead_letters=DeadLetters(database, jetstream),
         registry=registry,
     )
@@ -149,4 +150,5 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
             REGISTRY_SERVICE: ModelRegistryServicer(dependencies),
         },
         role_rules=ROLE_RULES,
+        on_denied=DeniedAccessRecorder(database),
     )

@@ -1,20 +1,32 @@
 """GetResult and ListResults: Redis first, then PostgreSQL (the read replica when one is
 configured), always within the caller's clinic. A result of another clinic is NOT_FOUND,
-and a list of another clinic's study is empty, exactly like a study that does not exist."""
+and a list of another clinic's study is empty, exactly like a study that does not exist.
+GetResultImageUrl: a presigned GET URL of an image result's processed PNG.
+
+Every read is audited (`result.read`, `result.list`, `result.image_url`: one INSERT on the
+primary after the read succeeds, before the answer leaves); a NOT_FOUND leaves an
+`access.denied` row under the caller's clinic."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from gen.medmesh.infer.v1 import Result
+from medmesh.audit import audit_denials, record_access
 from medmesh.db import Database
 from medmesh.errors import InvalidArgument, NotFound
+from medmesh.identity import Identity
+from medmesh.objects import PROCESSED_IMAGES, ObjectStore
 from svc_infer import store
 from svc_infer.cache import ResultCache
 from svc_infer.convert import result_to_proto
 from svc_infer.pages import decode_token, encode_token, page_size
+
+IMAGE_URL_TTL = timedelta(minutes=5)
+"""Lifetime of a GetResultImageUrl URL: enough to load the picture, soon useless if copied."""
 
 _RESULT_NAME = re.compile(r"studies/(?P<study>[^/]+)/results/(?P<result>[^/]+)")
 _STUDY_NAME = re.compile(r"studies/(?P<study>[^/]+)")
@@ -41,12 +53,69 @@ def _key(result: Result) -> tuple[datetime, str]:
     return result.create_time, result.result_id
 
 
+@dataclass(frozen=True)
+class ImageUrl:
+    """A presigned GET URL of a processed image."""
+
+    url: str
+    expire_time: datetime
+    content_type: str = "image/png"
+
+
 class ResultReader:
     """Reads results for one clinic at a time."""
 
-    def __init__(self, database: Database, cache: ResultCache) -> None:
+    def __init__(self, database: Database, cache: ResultCache, objects: ObjectStore) -> None:
         self._database = database
         self._cache = cache
+        self._objects = objects
+
+    async def read(self, identity: Identity, name: str) -> Result:
+        """GetResult: the result, audited as `result.read`."""
+        study_id, _ = parse_result_name(name)
+        async with audit_denials(self._database, identity, "GetResult", name):
+            result = await self.get(identity.clinic_id, name)
+        await record_access(self._database, identity, "result.read", name, study_id=study_id)
+        return result
+
+    async def read_list(
+        self, identity: Identity, parent: str, size: int, token: str
+    ) -> tuple[list[Result], str]:
+        """ListResults: a page, audited as `result.list` with the number returned."""
+        study_id = parse_study_name(parent)
+        page, next_token = await self.list(identity.clinic_id, parent, size, token)
+        await record_access(
+            self._database,
+            identity,
+            "result.list",
+            f"studies/{study_id}",
+            study_id=study_id,
+            detail={"returned": len(page)},
+        )
+        return page, next_token
+
+    async def image_url(self, identity: Identity, name: str) -> ImageUrl:
+        """GetResultImageUrl: a presigned URL of the processed PNG, audited as
+        `result.image_url`. NOT_FOUND for another clinic's result (audited as denied) and
+        for a result without a processed image (a note's)."""
+        study_id, result_id = parse_result_name(name)
+        async with audit_denials(self._database, identity, "GetResultImageUrl", name):
+            try:
+                key = uuid.UUID(result_id)
+            except ValueError:
+                raise NotFound(f"{name} does not exist") from None
+            async with self._database.read_connection() as conn:
+                row = await store.get_result(conn, identity.clinic_id, study_id, key)
+            if row is None:
+                raise NotFound(f"{name} does not exist")
+        processed_key = row.draft.processed_key
+        if not processed_key:
+            raise NotFound(f"{name} has no processed image")
+        await record_access(self._database, identity, "result.image_url", name, study_id=study_id)
+        url = await self._objects.presigned_get_url(
+            PROCESSED_IMAGES, processed_key, expires=IMAGE_URL_TTL
+        )
+        return ImageUrl(url, datetime.now(UTC) + IMAGE_URL_TTL)
 
     async def get(self, clinic_id: str, name: str) -> Result:
         """One result; NotFound unless it is the clinic's and belongs to the named study."""

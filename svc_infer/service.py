@@ -2,7 +2,7 @@
 
 Results and dead letters are clinic-scoped (the caller's clinic from the token); the model
 registry is platform-wide: every role may read it, changes need an admin (or a service
-client, e.g. the model build pipeline), as the contract says.
+client, e.g. the model build pipeline) of the operator clinic (MEDMESH_OPERATOR_CLINIC_ID).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 from gen.medmesh.infer.v1 import (
     GetModelRequest,
     GetModelResponse,
+    GetResultImageUrlRequest,
+    GetResultImageUrlResponse,
     GetResultRequest,
     GetResultResponse,
     ListDeadLettersRequest,
@@ -34,7 +36,15 @@ from gen.medmesh.infer.v1 import (
 )
 from medmesh.audit import Actor
 from medmesh.errors import InvalidArgument
-from medmesh.identity import ADMIN, ADMINS, ANY_ROLE, SERVICE, RoleRules, current_identity
+from medmesh.identity import (
+    ADMIN,
+    ADMINS,
+    ANY_ROLE,
+    SERVICE,
+    OperatorOnly,
+    RoleRules,
+    current_identity,
+)
 from svc_infer.convert import (
     dead_letter_to_proto,
     input_spec_from_proto,
@@ -50,11 +60,14 @@ from svc_infer.routing import Registry
 INFERENCE_SERVICE = "medmesh.infer.v1.InferenceService"
 REGISTRY_SERVICE = "medmesh.infer.v1.ModelRegistryService"
 
-REGISTRY_WRITERS: frozenset[str] = frozenset({ADMIN, SERVICE})
+# The registry serves every clinic: only the operator clinic's admins and service clients
+# (the model build pipeline) change it; their audit rows land under the operator clinic.
+REGISTRY_WRITERS = OperatorOnly(frozenset({ADMIN, SERVICE}))
 
 INFERENCE_RULES: RoleRules = {
     "GetResult": ANY_ROLE,
     "ListResults": ANY_ROLE,
+    "GetResultImageUrl": ANY_ROLE,
     "ListDeadLetters": ADMINS,
     "ReplayDeadLetter": ADMINS,
 }
@@ -101,15 +114,24 @@ class InferenceServicer:
 
     async def get_result(self, request: GetResultRequest, _context: Any) -> GetResultResponse:
         """One result of the caller's clinic."""
-        result = await self._deps.results.get(current_identity().clinic_id, request.name)
+        result = await self._deps.results.read(current_identity(), request.name)
         return GetResultResponse(result=result)
 
     async def list_results(self, request: ListResultsRequest, _context: Any) -> ListResultsResponse:
         """A study's results, oldest first."""
-        results, token = await self._deps.results.list(
-            current_identity().clinic_id, request.parent, request.page_size, request.page_token
+        results, token = await self._deps.results.read_list(
+            current_identity(), request.parent, request.page_size, request.page_token
         )
         return ListResultsResponse(results=results, next_page_token=token)
+
+    async def get_result_image_url(
+        self, request: GetResultImageUrlRequest, _context: Any
+    ) -> GetResultImageUrlResponse:
+        """A presigned URL of an image result's processed picture."""
+        image = await self._deps.results.image_url(current_identity(), request.name)
+        return GetResultImageUrlResponse(
+            url=image.url, expire_time=image.expire_time, content_type=image.content_type
+        )
 
     async def list_dead_letters(
         self, request: ListDeadLettersRequest, _context: Any
