@@ -133,6 +133,13 @@ def _address(args: argparse.Namespace, environ: Mapping[str, str], session: Sess
     return address
 
 
+def _endpoints(address: str) -> Endpoints:
+    try:
+        return Endpoints.parse(address)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _client(
     args: argparse.Namespace,
     environ: Mapping[str, str],
@@ -148,7 +155,7 @@ def _client(
         store.save(Session(address, tls, session.email, tokens))
 
     return MedmeshClient(
-        Endpoints.parse(address),
+        _endpoints(address),
         tls=tls,
         root_certificates=args.ca_file.read_bytes() if args.ca_file else None,
         tokens=session.tokens,
@@ -176,7 +183,7 @@ async def _login(
     else:
         password = getpass.getpass("password: ")
     async with MedmeshClient(
-        Endpoints.parse(address),
+        _endpoints(address),
         tls=tls,
         root_certificates=args.ca_file.read_bytes() if args.ca_file else None,
         on_tokens=lambda tokens: store.save(Session(address, tls, email, tokens)),

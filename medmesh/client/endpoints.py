@@ -45,7 +45,10 @@ class Endpoints:
         if not spec:
             raise ValueError("no server address given")
         if spec.endswith(".json") or Path(spec).is_file():
-            document = json.loads(Path(spec).read_text())
+            try:
+                document = json.loads(Path(spec).read_text())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{spec}: not a readable status file ({exc})") from exc
             return cls(by_area={k: v for k, v in document.items() if k in AREAS})
         if "=" not in spec:
             return cls(default=spec)

@@ -28,8 +28,9 @@ class Tokens:
     refresh_token: str
     access_expires_at: float
     refresh_expires_at: float
+    """0 when the server did not say."""
     access_lifetime_s: float
-    """`refresh_expires_at` is 0 when the server did not say."""
+    """`expires_in` as issued: how long a fresh access token lives."""
 
     @classmethod
     def from_response(cls, response: Any, now: float) -> Tokens:

@@ -4,7 +4,6 @@ is ready → results → report -o file.pdf, which parses as the study's report.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -79,7 +78,7 @@ def test_login_study_upload_watch_results_and_report_from_the_command_line(
     pdf_path = tmp_path / "report.pdf"
     reported = medmesh(stack, home, "report", study, "-o", str(pdf_path))
     assert reported.stdout.startswith(f"{pdf_path} (reports/")
-    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf_path.read_bytes())).pages)
+    text = "".join(page.extract_text() for page in PdfReader(pdf_path).pages)
     assert "resnet50" in text
     assert "minilm" in text
     assert "P-cli-e2e" in text or study.removeprefix("studies/") in text
