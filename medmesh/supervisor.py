@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies
 from medmesh.launcher._process import die_with_parent
 from medmesh.migrate import migrate_all
 from medmesh.settings import SERVICES
+from medmesh.webbuild import WebBuildError, build_web_app
 
 _log = structlog.get_logger("medmesh.up")
 
@@ -178,6 +180,37 @@ def running_model_server(env: dict[str, str], data_dir: Path) -> Iterator[Servic
         _stop([server], grace_s=5)
 
 
+def reserve_edge_url(env: dict[str, str]) -> str:
+    """Fix the edge's address before the services start (a free port unless MEDMESH_EDGE_ADDR
+    names one), so that the links in their mails (MEDMESH_AUTH_PUBLIC_URL,
+    MEDMESH_REPORT_PUBLIC_URL; kept when set) open the web app the edge serves."""
+    host, _, port = env.get("MEDMESH_EDGE_ADDR", "").rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port or port == "0":
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+            port = str(probe.getsockname()[1])
+        env["MEDMESH_EDGE_ADDR"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - a comparison
+    url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    env.setdefault("MEDMESH_AUTH_PUBLIC_URL", url)
+    env.setdefault("MEDMESH_REPORT_PUBLIC_URL", url)
+    return url
+
+
+def web_app_note(env: Mapping[str, str], data_dir: Path) -> str:
+    """Build the web app when stale (MEDMESH_WEB_BUILD=off skips it); "" when it is ready,
+    else why it is not (the stack runs anyway; the app's addresses answer 503)."""
+    if env.get("MEDMESH_WEB_BUILD", "").lower() == "off":
+        return "not rebuilt (MEDMESH_WEB_BUILD=off)"
+    try:
+        build_web_app(env, data_dir / "logs" / "web-build.log")
+    except WebBuildError as exc:
+        _log.warning("web app not built", error=str(exc))
+        return f"not built: {exc}"
+    return ""
+
+
 def status_lines(dependencies: Mapping[str, str], services: list[ServiceProcess]) -> list[str]:
     """`auth grpc 127.0.0.1:PORT` lines: what `medmesh up` prints once everything is ready."""
     lines = [f"{name} {url}" for name, url in dependencies.items()]
@@ -224,6 +257,8 @@ def up(data_dir: Path, status_file: Path | None, environ: Mapping[str, str]) -> 
         env = {**environ, **urls}
         smtp_url = stack.enter_context(mail_sink(env, data_dir))
         admin = local_secrets(env, data_dir)
+        web_url = reserve_edge_url(env)
+        web_note = web_app_note(env, data_dir)
         migrate_all(env)
         try:
             model_server = stack.enter_context(running_model_server(env, data_dir))
@@ -238,6 +273,7 @@ def up(data_dir: Path, status_file: Path | None, environ: Mapping[str, str]) -> 
             dependencies["tfserving"] = f"grpc {env['MEDMESH_INFER_TF_SERVING_ADDR']}"
         for line in status_lines(dependencies, [*services, edge]):
             print(line, flush=True)
+        print(f"web {web_url}/ {web_note or '(the web app)'}", flush=True)
         if admin:
             print(
                 f"admin {admin['email']} of {admin['clinic']} (password in "

@@ -1,6 +1,7 @@
 """The edge as an ASGI application: what Envoy's filter chain does in production, in order.
 
-    CORS (preflights answered here) → /healthz → ext_authz (Check on svc_auth) →
+    CORS (preflights answered here) → /healthz → the web app's files (webapp.py) →
+    ext_authz (Check on svc_auth) →
     gRPC-Web (by content type) or REST transcoding (by the google.api.http templates)
 
 The order mirrors envoy/envoy.yaml, so a client sees the same answers from both gateways:
@@ -35,6 +36,7 @@ from medmesh.edge.routes import RouteTable
 from medmesh.edge.status import error_body, grpc_code_for_http, status_of
 from medmesh.edge.upstreams import Call, Upstreams, forwarded_metadata
 from medmesh.edge.web import forward_grpc_web, send_trailers_only
+from medmesh.edge.webapp import WebApp
 
 _log = structlog.get_logger("medmesh.edge")
 
@@ -89,6 +91,7 @@ class EdgeApp:
         upstream_timeout_s: float = 30.0,
         authz_timeout_s: float = 2.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        webapp: WebApp | None = None,
     ) -> None:
         if not authz_addr:
             raise ValueError("the edge needs an authorization service (svc_auth's address)")
@@ -100,6 +103,7 @@ class EdgeApp:
         self.unchecked_paths = unchecked_paths
         self.upstream_timeout_s = upstream_timeout_s
         self.max_body_bytes = max_body_bytes
+        self.webapp = webapp
         self.serving = True
 
     async def close(self) -> None:
@@ -151,6 +155,11 @@ class EdgeApp:
         if request.raw_path == HEALTH_PATH and request.method == "GET":
             exchange.route = "healthz"
             await self._health(exchange)
+            return
+        web = self.webapp
+        if web is not None and not grpc_web and web.claims(request.method, request.raw_path):
+            exchange.protocol, exchange.route = "web", "webapp"
+            await web.respond(request.method, request.raw_path, exchange.send)
             return
         # Routing is pure and cheap: done first so that refusals are counted per RPC too,
         # but a missing route is only reported after the authorization check, like Envoy.

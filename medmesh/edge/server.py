@@ -19,6 +19,7 @@ import uvicorn
 from medmesh.contract import DescriptorImage
 from medmesh.edge.app import EdgeApp
 from medmesh.edge.settings import EdgeSettings
+from medmesh.edge.webapp import WebApp
 from medmesh.runtime import _write_ready_file as write_ready_file  # the services' own, atomic
 from medmesh.runtime import termination_event
 from medmesh.settings import SERVICES
@@ -62,6 +63,7 @@ def build_app(settings: EdgeSettings, image: DescriptorImage | None = None) -> E
         upstream_timeout_s=settings.upstream_timeout_s,
         authz_timeout_s=settings.authz_timeout_s,
         max_body_bytes=settings.max_body_bytes,
+        webapp=WebApp(settings.web_dir, settings.object_origins) if settings.web_dir else None,
     )
 
 

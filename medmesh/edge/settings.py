@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medmesh.edge.webapp import DEFAULT_DIST_DIR, origin_of
 from medmesh.settings import SERVICES, SettingsError
 
 
@@ -48,6 +49,12 @@ class EdgeSettings:
     """MEDMESH_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT)."""
     grace_period_s: float = 10.0
     """MEDMESH_GRACE_PERIOD_S: how long SIGTERM waits for open requests (streams included)."""
+    web_dir: Path | None = DEFAULT_DIST_DIR
+    """MEDMESH_EDGE_WEB_DIR: the built web app (default web/dist); `off` serves no app."""
+    object_origins: tuple[str, ...] = ()
+    """MEDMESH_EDGE_OBJECT_ORIGINS: comma-separated origins of the object store that the
+    browser reaches with presigned URLs (the app's CSP allows them); default: the origin of
+    MEDMESH_S3_URL (credentials dropped)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> EdgeSettings:
@@ -65,6 +72,10 @@ class EdgeSettings:
             )
         ready = environ.get("MEDMESH_READY_FILE", "")
         origins = environ.get("MEDMESH_EDGE_CORS_ORIGINS", "")
+        web_dir = environ.get("MEDMESH_EDGE_WEB_DIR", "")
+        objects = environ.get("MEDMESH_EDGE_OBJECT_ORIGINS", "") or origin_of(
+            environ.get("MEDMESH_S3_URL", "")
+        )
         return cls(
             upstreams=upstreams,
             addr=environ.get("MEDMESH_EDGE_ADDR", cls.addr),
@@ -82,4 +93,6 @@ class EdgeSettings:
                 "MEDMESH_OTLP_ENDPOINT", environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
             ),
             grace_period_s=_number(environ, "MEDMESH_GRACE_PERIOD_S", cls.grace_period_s),
+            web_dir=None if web_dir == "off" else Path(web_dir) if web_dir else cls.web_dir,
+            object_origins=tuple(o.strip() for o in objects.split(",") if o.strip()),
         )
