@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 
 import structlog
 
+from medmesh.audit import DeniedAccessRecorder
 from medmesh.mail import SmtpEndpoint
 from medmesh.outbox import Outbox, OutboxRelay
 from medmesh.resources import open_cache, open_database, open_jetstream, open_object_store
@@ -104,4 +105,5 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
     return ServiceParts(
         servicers={REPORT_SERVICE: ReportServicer(dependencies)},
         role_rules=ROLE_RULES,
+        on_denied=DeniedAccessRecorder(database),
     )

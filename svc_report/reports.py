@@ -3,7 +3,9 @@
 Clinic-scoped: another clinic's report is NOT_FOUND, exactly like one that does not exist.
 Every view and download is audited (`report.view`, `report.download`,
 `report.download_url`) in the transaction that reads the report, so no one sees a report
-without a record of it. A PDF is checked against its stored sha256 before a byte is sent.
+without a record of it; a refused one (NOT_FOUND: another clinic's report or study) leaves an
+`access.denied` row under the caller's clinic. A PDF is checked against its stored sha256
+before a byte is sent.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from gen.medmesh.report.v1 import ReportStatus
-from medmesh.audit import AuditActor, record_audit_event
+from medmesh.audit import AuditActor, audit_denials, record_audit_event, record_denied_access
 from medmesh.db import Connection, Database
 from medmesh.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from medmesh.identity import Identity
 from medmesh.objects import REPORTS_ARCHIVE, ObjectStore
 from svc_report import read_store, store
 from svc_report.model import ReportRecord
@@ -51,6 +54,10 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
         raise InvalidArgument.for_field("page_token", "is not a token from ListReports") from None
 
 
+def _caller(clinic_id: str, actor: AuditActor) -> Identity:
+    return Identity(actor.user_id, clinic_id, frozenset(actor.roles))
+
+
 class ReportReader:
     """The read RPCs' logic."""
 
@@ -78,14 +85,25 @@ class ReportReader:
 
     async def get(self, clinic_id: str, report_id: str, actor: AuditActor) -> ReportRecord:
         """The report with its HTML (empty unless READY); audited as `report.view`."""
-        async with self._database.transaction() as conn:
+        async with (
+            audit_denials(
+                self._database, _caller(clinic_id, actor), "GetReport", f"reports/{report_id}"
+            ),
+            self._database.transaction() as conn,
+        ):
             return await self._audited(conn, clinic_id, report_id, actor, "report.view")
 
     async def list(
-        self, clinic_id: str, *, study_id: str | None, page_size: int, page_token: str
+        self,
+        clinic_id: str,
+        *,
+        study_id: str | None,
+        page_size: int,
+        page_token: str,
+        actor: AuditActor | None = None,
     ) -> ReportPage:
         """The clinic's reports newest first. NOT_FOUND for a study filter naming a study the
-        clinic cannot see (and has no reports of)."""
+        clinic cannot see (and has no reports of); audited as denied when `actor` is given."""
         if page_size < 0:
             raise InvalidArgument.for_field("page_size", "must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -101,15 +119,26 @@ class ReportReader:
                 and await read_store.get_study(conn, clinic_id, study_id) is None
             )
         if hidden:
+            if actor is not None:
+                await record_denied_access(
+                    self._database,
+                    _caller(clinic_id, actor),
+                    rpc="ListReports",
+                    resource=f"studies/{study_id}",
+                    code="NOT_FOUND",
+                )
             raise NotFound(f"studies/{study_id} not found")
         page = rows[:size]
         token = encode_page_token(page[-1]) if len(rows) > size else ""
         return ReportPage(page, token)
 
     async def _ready_for_download(
-        self, clinic_id: str, report_id: str, actor: AuditActor, action: str
+        self, clinic_id: str, report_id: str, actor: AuditActor, action: str, rpc: str
     ) -> ReportRecord:
-        async with self._database.transaction() as conn:
+        async with (
+            audit_denials(self._database, _caller(clinic_id, actor), rpc, f"reports/{report_id}"),
+            self._database.transaction() as conn,
+        ):
             report = await self._audited(conn, clinic_id, report_id, actor, action)
         if report.status != ReportStatus.READY:
             raise FailedPrecondition(f"reports/{report_id} is not READY")
@@ -119,7 +148,9 @@ class ReportReader:
         self, clinic_id: str, report_id: str, actor: AuditActor
     ) -> tuple[ReportRecord, bytes]:
         """The report and its PDF, verified; audited as `report.download`."""
-        report = await self._ready_for_download(clinic_id, report_id, actor, "report.download")
+        report = await self._ready_for_download(
+            clinic_id, report_id, actor, "report.download", "DownloadReport"
+        )
         try:
             pdf = await self._objects.get_bytes(REPORTS_ARCHIVE, report.archive_key)
         except NotFound:
@@ -132,7 +163,9 @@ class ReportReader:
         self, clinic_id: str, report_id: str, actor: AuditActor
     ) -> tuple[str, datetime]:
         """A presigned GET URL of the PDF and when it expires; audited `report.download_url`."""
-        report = await self._ready_for_download(clinic_id, report_id, actor, "report.download_url")
+        report = await self._ready_for_download(
+            clinic_id, report_id, actor, "report.download_url", "GetReportDownloadUrl"
+        )
         expires = datetime.now(UTC) + self._url_ttl
         url = await self._objects.presigned_get_url(
             REPORTS_ARCHIVE, report.archive_key, expires=self._url_ttl

@@ -104,10 +104,14 @@ class ReportServicer:
 
     async def list_reports(self, request: ListReportsRequest, _context: Any) -> ListReportsResponse:
         """The clinic's reports, newest first."""
-        _, clinic_id = _caller()
+        actor, clinic_id = _caller()
         study_id = study_id_from_name(request.study) if request.study else None
         page = await self._deps.reader.list(
-            clinic_id, study_id=study_id, page_size=request.page_size, page_token=request.page_token
+            clinic_id,
+            study_id=study_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            actor=actor,
         )
         return ListReportsResponse(
             reports=[report_to_proto(r) for r in page.reports],
