@@ -205,6 +205,7 @@ def ingest_config() -> IngestConfig:
         max_text_bytes=64 * 1024,
         max_stream_bytes=24 * MIB,
         max_pixels=4_000_000,
+        max_decoded_bytes=12 * MIB,
         header_window_bytes=256 * 1024,
         part_size_bytes=5 * MIB,
     )

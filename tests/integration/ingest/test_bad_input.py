@@ -5,12 +5,20 @@ multipart uploads can be inspected."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from support.crafted_files import (
+    deflated_dicom_with_garbage,
+    jpeg_frame_only,
+    png_raw_size,
+    png_with_idat,
+)
+from support.crafted_files import dicom as dicom_with_geometry
 
 from gen.medmesh.common.v1 import FileKind
 from gen.medmesh.ingest.v1 import (
@@ -170,6 +178,68 @@ CORPUS: list[tuple[str, Callable[[str], Messages], str]] = [
         upload(FileKind.IMAGE_PNG, PNG, file_name="../etc/passwd"),
         "metadata.file_name",
     ),
+    # Decode bombs under the 4M-pixel limit but over the 12 MiB decoded-bytes limit.
+    (
+        "16-bit RGBA png decoding to 13.5 MB",
+        upload(FileKind.IMAGE_PNG, png_with_idat(1300, 1300, b"x", bit_depth=16, color_type=6)),
+        "chunk",
+    ),
+    (
+        "CMYK jpeg decoding to 13 MB",
+        upload(FileKind.IMAGE_JPEG, jpeg_frame_only(1800, 1800, components=4)),
+        "chunk",
+    ),
+    (
+        "dicom of 40 RGB 16-bit frames decoding to 15.7 MB",
+        upload(
+            FileKind.IMAGE_DICOM,
+            dicom_with_geometry(rows=256, columns=256, samples=3, frames=40, pixel_bytes=64),
+        ),
+        "chunk",
+    ),
+    (
+        "png whose IDAT is far larger than 8x8 pixels need",
+        upload(FileKind.IMAGE_PNG, png_with_idat(8, 8, PNG * 4)),
+        "chunk",
+    ),
+    (
+        "png whose zlib stream inflates far beyond its dimensions",
+        upload(FileKind.IMAGE_PNG, png_with_idat(64, 64, zlib.compress(bytes(32 * MIB), 9))),
+        "chunk",
+    ),
+    (
+        "png whose image data is shorter than its dimensions",
+        upload(
+            FileKind.IMAGE_PNG, png_with_idat(64, 64, zlib.compress(bytes(png_raw_size(64, 60))))
+        ),
+        "chunk",
+    ),
+    (
+        "dicom with a deflated transfer syntax and a garbage body",
+        upload(FileKind.IMAGE_DICOM, deflated_dicom_with_garbage()),
+        "chunk",
+    ),
+    (
+        "file name with CR LF (header injection)",
+        upload(FileKind.IMAGE_PNG, PNG, file_name="scan.png\r\nX-Injected: yes"),
+        "metadata.file_name",
+    ),
+    (
+        "file name with a right-to-left override",
+        upload(FileKind.IMAGE_PNG, PNG, file_name="scan\u202egnp.exe"),
+        "metadata.file_name",
+    ),
+    (
+        "file name with NUL",
+        upload(FileKind.IMAGE_PNG, PNG, file_name="a\x00.png"),
+        "metadata.file_name",
+    ),
+    (
+        "note with a NUL byte",
+        upload(FileKind.TEXT_NOTE, b"history: none\x00 allergies: none"),
+        "chunk",
+    ),
+    ("note of only white space", upload(FileKind.TEXT_NOTE, b" \t\r\n" * 20), "chunk"),
     (
         "malformed parent",
         lambda p: [meta("studies/not-a-uuid", FileKind.IMAGE_PNG, PNG), *chunks(PNG)],
@@ -226,8 +296,15 @@ async def test_the_module_can_see_incomplete_multipart_uploads(
 
 @pytest.mark.parametrize(
     ("text", "field"),
-    [("", "text"), ("   \n", "text"), ("x" * (64 * 1024 + 1), "text")],
-    ids=["empty", "blank", "oversize"],
+    [
+        ("", "text"),
+        ("   \n", "text"),
+        ("x" * (64 * 1024 + 1), "text"),
+        ("history: none\x00allergies: none", "text"),
+        ("\u200b\u200b\ufeff", "text"),
+        ("\x1b[2J\x1b[Hcleared screen", "text"),
+    ],
+    ids=["empty", "blank", "oversize", "nul", "zero-width only", "terminal escapes"],
 )
 async def test_bad_text_note_is_rejected_and_nothing_is_stored(
     ingest: Ingest, text: str, field: str
