@@ -47,6 +47,12 @@ def _kept_secret(path: Path, make: str) -> str:
     return path.read_text().strip()
 
 
+def _operator_is_bootstrap_clinic(env: dict[str, str]) -> None:
+    # The local stack's first clinic runs the platform (model registry changes), unless set.
+    if env.get("MEDMESH_AUTH_BOOTSTRAP_CLINIC"):
+        env.setdefault("MEDMESH_OPERATOR_CLINIC_ID", env["MEDMESH_AUTH_BOOTSTRAP_CLINIC"])
+
+
 def local_secrets(env: dict[str, str], data_dir: Path) -> dict[str, str]:
     """A key-encryption key for svc_auth's signing keys and a first admin of a demo clinic,
     generated once and kept (mode 600) in the data directory so restarts keep them.
@@ -60,6 +66,7 @@ def local_secrets(env: dict[str, str], data_dir: Path) -> dict[str, str]:
         _kept_secret(secrets_dir / "key-encryption-key", Fernet.generate_key().decode()),
     )
     if env.get("MEDMESH_AUTH_BOOTSTRAP_ADMIN_EMAIL"):
+        _operator_is_bootstrap_clinic(env)
         return {}
     password_file = secrets_dir / "admin-password"
     env["MEDMESH_AUTH_BOOTSTRAP_CLINIC"] = env.get("MEDMESH_AUTH_BOOTSTRAP_CLINIC", DEMO_CLINIC)
@@ -67,6 +74,7 @@ def local_secrets(env: dict[str, str], data_dir: Path) -> dict[str, str]:
     env["MEDMESH_AUTH_BOOTSTRAP_ADMIN_PASSWORD"] = _kept_secret(
         password_file, secrets.token_urlsafe(18)
     )
+    _operator_is_bootstrap_clinic(env)
     return {
         "clinic": env["MEDMESH_AUTH_BOOTSTRAP_CLINIC"],
         "email": DEMO_ADMIN_EMAIL,

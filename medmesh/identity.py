@@ -14,7 +14,10 @@ Each service declares its rules in one readable table, next to its servicer:
     }
 
 An RPC missing from the table is denied (PERMISSION_DENIED): new RPCs are closed by default.
-`PUBLIC` marks the few RPCs callable without a token (Login, Register, GetJwks).
+`PUBLIC` marks the few RPCs callable without a token (Login, Register, GetJwks); `SIGNED_IN`
+the RPCs about the caller's own account, open to a token without roles (a self-registered
+account awaiting approval holds no roles, so every other rule refuses it); `OperatorOnly`
+the platform-wide changes reserved to the operator clinic. `allows()` is the one check.
 """
 
 from __future__ import annotations
@@ -39,15 +42,32 @@ class Public:
     """Marker: the RPC needs no token (an identity is bound anyway when one is sent)."""
 
 
+@dataclass(frozen=True)
+class SignedIn:
+    """Marker: any verified token, even one without roles. Only for RPCs about the caller's own
+    account (GetMe, ChangePassword): an account awaiting its admin's approval gets tokens
+    without roles, so every role rule, i.e. every clinic RPC, refuses it."""
+
+
+@dataclass(frozen=True)
+class OperatorOnly:
+    """Rule: one of `roles`, held in the operator clinic (MEDMESH_OPERATOR_CLINIC_ID). For
+    platform-wide changes that no single clinic may make (the model registry serves every
+    clinic). Denied to everyone when no operator clinic is configured."""
+
+    roles: frozenset[str]
+
+
 PUBLIC = Public()
+SIGNED_IN = SignedIn()
 ANY_ROLE: frozenset[str] = ALL_ROLES
 HUMAN_ROLES: frozenset[str] = frozenset({ADMIN, CLINICIAN, TECHNICIAN, VIEWER})
 WRITERS: frozenset[str] = frozenset({ADMIN, CLINICIAN, TECHNICIAN, SERVICE})
 ADMINS: frozenset[str] = frozenset({ADMIN})
 
-RoleRule = frozenset[str] | Public
+RoleRule = frozenset[str] | Public | SignedIn | OperatorOnly
 RoleRules = Mapping[str, RoleRule]
-"""RPC name (`GetStudy`) → the roles allowed to call it, or PUBLIC."""
+"""RPC name (`GetStudy`) → the roles allowed to call it, PUBLIC, SIGNED_IN or OperatorOnly."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,22 @@ class Identity:
         """Raise PermissionDenied unless the caller holds one of `roles`."""
         if not self.has_any(roles):
             raise PermissionDenied("the caller's roles do not allow this")
+
+
+def allows(rule: RoleRule | None, identity: Identity | None, operator_clinic: str = "") -> bool:
+    """The one role check every service and the gateway run: may `identity` call an RPC with
+    `rule`? No rule (an RPC missing from the table) allows nobody."""
+    if isinstance(rule, Public):
+        return True
+    if rule is None or identity is None:
+        return False
+    if isinstance(rule, SignedIn):
+        return True
+    if isinstance(rule, OperatorOnly):
+        return bool(operator_clinic) and identity.clinic_id == operator_clinic and (
+            identity.has_any(rule.roles)
+        )
+    return identity.has_any(rule)
 
 
 _current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(

@@ -129,7 +129,14 @@ async def serve(
             address=settings.grpc_addr,
             extra_handlers=parts.extra_handlers,
             extra_service_names=parts.extra_service_names,
-            interceptors=[AuthInterceptor(verifier, parts.role_rules, parts.on_denied)],
+            interceptors=[
+                AuthInterceptor(
+                    verifier,
+                    parts.role_rules,
+                    parts.on_denied,
+                    operator_clinic=settings.operator_clinic_id,
+                )
+            ],
         )
         address = await server.start()
         if settings.ready_file:

@@ -72,6 +72,9 @@ class Settings:
     """MEDMESH_LOG_LEVEL: debug, info, warning or error."""
     grace_period_s: float = 10.0
     """MEDMESH_GRACE_PERIOD_S: how long SIGTERM waits for in-flight RPCs before cancelling."""
+    operator_clinic_id: str = ""
+    """MEDMESH_OPERATOR_CLINIC_ID: the clinic that runs the platform; only its admins (and
+    service clients) change what serves every clinic (the model registry). Empty: nobody may."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Service-specific MEDMESH_<SERVICE>_* variables, for the service's own settings class."""
 
@@ -102,6 +105,7 @@ class Settings:
             ),
             log_level=environ.get("MEDMESH_LOG_LEVEL", cls.log_level).lower(),
             grace_period_s=_float(environ, "MEDMESH_GRACE_PERIOD_S", cls.grace_period_s),
+            operator_clinic_id=environ.get("MEDMESH_OPERATOR_CLINIC_ID", ""),
             extra={k: v for k, v in environ.items() if k.startswith(prefix)},
         )
 

@@ -1,12 +1,19 @@
-"""Self-service account flows: register, verify e-mail, log in, change and reset passwords.
+"""Self-service account flows: register, verify e-mail, log in, change and reset passwords,
+and invitations (an admin invites, the invitee accepts).
 
-Registration joins an existing clinic with the least privilege, `viewer`; a clinic admin
-grants more (SetUserRoles). Clinics and their first admin come from the bootstrap
-(svc_auth.bootstrap), so nobody can create a clinic and crown themselves its admin.
+Registration joins an existing clinic as a `viewer` *pending approval*: its tokens carry no
+roles, so it reaches no clinic data until an admin of the clinic approves it (ApproveUser).
+An invitation is the way in without that wait: the admin chose the address and the roles.
+Clinics and their first admin come from the bootstrap (svc_auth.bootstrap), so nobody can
+create a clinic and crown themselves its admin.
 
 No user enumeration at login: an unknown e-mail and a wrong password give the same
 UNAUTHENTICATED and cost the same argon2 verification. Only a caller who knows the password
 learns that the address is unverified or disabled.
+
+CPU: argon2 is the expensive step, so every flow checks its rate limits, and the token it
+was given, before hashing anything. Login counts each attempt per account and per client IP
+before the password check (a success clears the account's count and gives the IP's back).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -33,7 +40,7 @@ from medmesh.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from medmesh.identity import VIEWER, Identity
+from medmesh.identity import ALL_ROLES, VIEWER, Identity
 from svc_auth import mail, store
 from svc_auth.config import AuthConfig, Rate
 from svc_auth.passwords import (
@@ -64,6 +71,10 @@ class LoginResult:
 def _account_key(email: str) -> str:
     # Rate-limit keys name the address by hash: Redis holds no e-mail addresses.
     return hashlib.sha256(email.encode()).hexdigest()[:32]
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _require_valid(violations: list[FieldViolation | None]) -> None:
@@ -106,9 +117,14 @@ class Accounts:
             ]
         )
         await self._limit("mail-ip", client_ip, self._config.mail_requests_per_ip)
+        await self._limit(
+            "mail-address", _account_key(email), self._config.mail_requests_per_address
+        )
         async with self._database.read_connection() as conn:
             if not await store.clinic_exists(conn, clinic_id):
                 raise InvalidArgument.for_field("clinic_id", "is not a known clinic")
+            if await store.email_registered(conn, email):
+                raise AlreadyExists("the e-mail address is already registered")
         password_hash = await self._hashing.hash(password)
         token = secrets.token_urlsafe(32)
         try:
@@ -121,6 +137,7 @@ class Accounts:
                     display_name=display_name.strip(),
                     password_hash=password_hash,
                     roles=[VIEWER],
+                    approval_state="pending",
                 )
                 await self._queue_token_mail(conn, user, token, "verify_email")
                 await record_audit_event(
@@ -136,10 +153,11 @@ class Accounts:
         self._mail_queued()
         return user
 
-    async def verify_email(self, token: str) -> Row:
+    async def verify_email(self, token: str, *, client_ip: str) -> Row:
         """Mark the token's user verified; the token works once."""
         if not token:
             raise InvalidArgument.for_field("token", "is required")
+        await self._limit("token-ip", client_ip, self._config.token_attempts_per_ip)
         async with self._database.transaction() as conn:
             user_id = await store.consume_email_token(conn, token, "verify_email")
             if user_id is None:
@@ -166,7 +184,7 @@ class Accounts:
             ]
         )
         account = _account_key(email)
-        await self._refuse_if_throttled(account, client_ip)
+        await self._count_login_attempt(account, client_ip)
         user = None
         if len(email) <= MAX_EMAIL_LENGTH and len(password) <= MAX_PASSWORD_LENGTH:
             async with self._database.read_connection() as conn:
@@ -175,7 +193,7 @@ class Accounts:
             await self._record_failed_login(account, client_ip, user)
             raise Unauthenticated("wrong e-mail or password")
         assert user is not None
-        await self._limiter.reset("login-account", account)
+        await self._login_succeeded(account, client_ip)
         if not user["email_verified"]:
             raise FailedPrecondition("the e-mail address is not verified yet")
         if user["disabled"]:
@@ -210,10 +228,10 @@ class Accounts:
         user = await self.get_me(caller)
         _require_valid([password_violation("new_password", new, email=user["email"])])
         account = _account_key(user["email"])
-        await self._refuse_if_throttled(account, "")
+        await self._count_login_attempt(account, "")
         if not await self._hashing.verify(user["password_hash"], current[:MAX_PASSWORD_LENGTH]):
-            await self._limiter.hit("login-account", account, self._failure_rate)
             raise Unauthenticated("current_password is wrong")
+        await self._login_succeeded(account, "")
         new_hash = await self._hashing.hash(new)
         async with self._database.transaction() as conn:
             await store.touch_user(conn, user["user_id"], password_hash=new_hash)
@@ -250,23 +268,32 @@ class Accounts:
             )
         self._mail_queued()
 
-    async def reset_password(self, *, token: str, new_password: str) -> None:
-        """Set a new password with a reset token (once) and end all the user's sessions."""
+    async def reset_password(self, *, token: str, new_password: str, client_ip: str) -> None:
+        """Set a new password with a reset token (once) and end all the user's sessions.
+
+        Limits, then the token, then the password rules, and only then argon2: a stranger's
+        bad token or weak password costs a Redis call and an indexed lookup, never a hash.
+        """
         _require_valid(
             [
                 None if token else FieldViolation("token", "is required"),
                 password_violation("new_password", new_password),
             ]
         )
+        await self._limit("token-ip", client_ip, self._config.token_attempts_per_ip)
+        async with self._database.read_connection() as conn:
+            user_id = await store.email_token_user(conn, token, "reset_password")
+            user = await store.user_by_id(conn, user_id) if user_id else None
+        if user_id is None or user is None:
+            raise FailedPrecondition("the reset token is unknown, expired or used")
+        await self._limit(
+            "token-account", str(user_id), self._config.token_attempts_per_account
+        )
+        _require_valid([password_violation("new_password", new_password, email=user["email"])])
         new_hash = await self._hashing.hash(new_password)
         async with self._database.transaction() as conn:
-            user_id = await store.consume_email_token(conn, token, "reset_password")
-            if user_id is None:
+            if await store.consume_email_token(conn, token, "reset_password") != user_id:
                 raise FailedPrecondition("the reset token is unknown, expired or used")
-            user = await store.user_by_id(conn, user_id)
-            assert user is not None
-            # Rolls the whole transaction back, so the token stays usable.
-            _require_valid([password_violation("new_password", new_password, email=user["email"])])
             # Following the mailed link proves the address, as verification would.
             await store.touch_user(conn, user_id, password_hash=new_hash, email_verified=True)
             revoked = await store.revoke_user_refresh_tokens(conn, user_id, "password_reset")
@@ -276,8 +303,131 @@ class Accounts:
                 actor=Actor(str(user_id), user["roles"]),
                 action="auth.user.reset_password",
                 resource=f"users/{user_id}",
-                detail={"revoked_refresh_tokens": revoked},
+                detail={"revoked_refresh_tokens": revoked, "client_ip": client_ip},
             )
+
+    # --- invitations -----------------------------------------------------------------
+
+    async def invite(
+        self,
+        caller: Identity,
+        *,
+        email: str,
+        display_name: str,
+        roles: list[str],
+        client_ip: str,
+    ) -> Row:
+        """Mail an invitation to join the caller's clinic with `roles` (admins only)."""
+        email = normalize_email(email)
+        wanted = sorted(set(roles))
+        _require_valid(
+            [
+                email_violation("email", email),
+                display_name_violation("display_name", display_name),
+                None
+                if wanted and set(wanted) <= ALL_ROLES
+                else FieldViolation("roles", "must name at least one role, none unspecified"),
+            ]
+        )
+        await self._limit("mail-ip", client_ip, self._config.mail_requests_per_ip)
+        await self._limit(
+            "mail-address", _account_key(email), self._config.mail_requests_per_address
+        )
+        token = secrets.token_urlsafe(32)
+        async with self._database.transaction() as conn:
+            if await store.email_registered(conn, email):
+                raise AlreadyExists("the e-mail address is already registered")
+            invitation = await store.insert_invitation(
+                conn,
+                invitation_id=uuid.uuid4(),
+                token=token,
+                clinic_id=caller.clinic_id,
+                email=email,
+                display_name=display_name.strip(),
+                roles=wanted,
+                invited_by=caller.user_id,
+                ttl_s=self._config.invite_ttl_s,
+            )
+            context = {
+                "display_name": invitation["display_name"],
+                "clinic_id": caller.clinic_id,
+                "roles": ", ".join(wanted),
+                "token": token,
+                "link": f"{self._config.public_url}/accept-invitation#token={token}",
+                "expires_at": _when(invitation["expires_at"]),
+            }
+            await mail.enqueue(conn, mail.render("invitation", email, context))
+            await record_audit_event(
+                conn,
+                clinic_id=caller.clinic_id,
+                actor=Actor(caller.user_id, sorted(caller.roles)),
+                action="auth.invitation.create",
+                resource=f"invitations/{invitation['invitation_id']}",
+                detail={"roles": wanted, "account": _account_key(email)},
+            )
+        self._mail_queued()
+        return invitation
+
+    async def accept_invitation(
+        self, *, token: str, password: str, display_name: str, client_ip: str
+    ) -> Row:
+        """Create the invited account: verified, approved, with the invitation's roles."""
+        _require_valid(
+            [
+                None if token else FieldViolation("token", "is required"),
+                password_violation("password", password),
+                display_name_violation("display_name", display_name) if display_name else None,
+            ]
+        )
+        await self._limit("token-ip", client_ip, self._config.token_attempts_per_ip)
+        async with self._database.read_connection() as conn:
+            invitation = await store.open_invitation(conn, token)
+            registered = invitation is not None and await store.email_registered(
+                conn, invitation["email"]
+            )
+        if invitation is None:
+            raise FailedPrecondition("the invitation is unknown, expired, replaced or used")
+        email = invitation["email"]
+        await self._limit(
+            "token-account", _account_key(email), self._config.token_attempts_per_account
+        )
+        _require_valid([password_violation("password", password, email=email)])
+        if registered:
+            raise AlreadyExists("the e-mail address is already registered")
+        password_hash = await self._hashing.hash(password)
+        try:
+            async with self._database.transaction() as conn:
+                invitation = await store.open_invitation(conn, token, lock=True)
+                if invitation is None:
+                    raise FailedPrecondition("the invitation is unknown, expired, replaced or used")
+                user = await store.insert_user(
+                    conn,
+                    user_id=uuid.uuid4(),
+                    clinic_id=invitation["clinic_id"],
+                    email=email,
+                    display_name=display_name.strip() or invitation["display_name"],
+                    password_hash=password_hash,
+                    roles=list(invitation["roles"]),
+                    approval_state="approved",
+                    email_verified=True,
+                )
+                await store.mark_invitation_accepted(
+                    conn, invitation["invitation_id"], user["user_id"]
+                )
+                await record_audit_event(
+                    conn,
+                    clinic_id=user["clinic_id"],
+                    actor=Actor(str(user["user_id"]), user["roles"]),
+                    action="auth.invitation.accept",
+                    resource=f"users/{user['user_id']}",
+                    detail={
+                        "invitation": f"invitations/{invitation['invitation_id']}",
+                        "client_ip": client_ip,
+                    },
+                )
+        except psycopg.errors.UniqueViolation:
+            raise AlreadyExists("the e-mail address is already registered") from None
+        return user
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -290,22 +440,27 @@ class Accounts:
         if not verdict.allowed:
             raise ResourceExhausted("too many requests; try again later", verdict.retry_after_s)
 
-    async def _refuse_if_throttled(self, account: str, client_ip: str) -> None:
+    async def _count_login_attempt(self, account: str, client_ip: str) -> None:
+        # Counted before the password is hashed, so a burst (even a concurrent one) costs
+        # at most the limit in argon2 work; a refused attempt hashes nothing.
         checks = [("login-account", account, self._failure_rate)]
         if client_ip:
-            checks.append(("login-ip", client_ip, self._config.login_failures_per_ip))
-        waits = [
-            verdict.retry_after_s
-            for bucket, subject, rate in checks
-            if not (verdict := await self._limiter.peek(bucket, subject, rate)).allowed
-        ]
-        if waits:
-            raise ResourceExhausted("too many failed sign-ins; try again later", max(waits))
+            checks.insert(0, ("login-ip", client_ip, self._config.login_failures_per_ip))
+        for bucket, subject, rate in checks:
+            verdict = await self._limiter.hit(bucket, subject, rate)
+            if not verdict.allowed:
+                raise ResourceExhausted(
+                    "too many sign-in attempts; try again later", verdict.retry_after_s
+                )
+
+    async def _login_succeeded(self, account: str, client_ip: str) -> None:
+        # The right password: the account's count starts over, the IP gets its attempt back
+        # (a clinic behind one address is not throttled by its own successful sign-ins).
+        await self._limiter.reset("login-account", account)
+        if client_ip:
+            await self._limiter.refund("login-ip", client_ip, self._config.login_failures_per_ip)
 
     async def _record_failed_login(self, account: str, client_ip: str, user: Row | None) -> None:
-        await self._limiter.hit("login-account", account, self._failure_rate)
-        if client_ip:
-            await self._limiter.hit("login-ip", client_ip, self._config.login_failures_per_ip)
         async with self._database.transaction() as conn:
             await record_audit_event(
                 conn,
@@ -328,7 +483,9 @@ class Accounts:
             "display_name": user["display_name"],
             "clinic_id": user["clinic_id"],
             "token": token,
-            "link": f"{self._config.public_url}/{page}?token={token}",
-            "expires_at": expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            # In the fragment: browsers never send it to a server, so the token stays out of
+            # access logs and Referer headers; the web app reads it from location.hash.
+            "link": f"{self._config.public_url}/{page}#token={token}",
+            "expires_at": _when(expires_at),
         }
         await mail.enqueue(conn, mail.render(template, user["email"], context))

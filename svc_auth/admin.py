@@ -1,5 +1,5 @@
-"""What a clinic admin does: list the clinic's users, set their roles, disable them; and what
-the operator clinic's admins do: rotate the token signing key.
+"""What a clinic admin does: list the clinic's users, approve, set their roles, disable them;
+and what the operator clinic's admins do: rotate the token signing key.
 
 Everything is scoped to the caller's clinic: a user of another clinic is NOT_FOUND, exactly
 like a user that does not exist. A clinic is never left without an enabled admin.
@@ -83,14 +83,22 @@ class ClinicAdmin:
         self._ring = ring
         self._operator_clinic = operator_clinic
 
-    async def list_users(self, caller: Identity, page_size: int, page_token: str) -> UserPage:
-        """The caller's clinic's users, oldest first."""
+    async def list_users(
+        self,
+        caller: Identity,
+        page_size: int,
+        page_token: str,
+        approval_state: str | None = None,
+    ) -> UserPage:
+        """The caller's clinic's users, oldest first (only `approval_state` ones when given)."""
         if page_size < 0:
             raise InvalidArgument.for_field("page_size", "must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _decode_page_token(page_token)
         async with self._database.read_connection() as conn:
-            rows = await store.list_users(conn, caller.clinic_id, after=after, limit=size + 1)
+            rows = await store.list_users(
+                conn, caller.clinic_id, after=after, limit=size + 1, approval_state=approval_state
+            )
         more = len(rows) > size
         rows = rows[:size]
         return UserPage(rows, _encode_page_token(rows[-1]) if more else "")
@@ -116,6 +124,23 @@ class ClinicAdmin:
                 resource=f"users/{user_id}",
                 detail={"old_roles": list(user["roles"]), "new_roles": wanted},
             )
+            changed = await store.user_by_id(conn, user_id)
+        assert changed is not None
+        return changed
+
+    async def approve(self, caller: Identity, name: str) -> Row:
+        """Let a pending user of the caller's clinic reach clinic data. Idempotent."""
+        user_id = parse_user_name(name)
+        async with self._database.transaction() as conn:
+            await self._target(conn, caller, user_id)
+            if await store.approve_user(conn, user_id):
+                await record_audit_event(
+                    conn,
+                    clinic_id=caller.clinic_id,
+                    actor=_actor(caller),
+                    action="auth.user.approve",
+                    resource=f"users/{user_id}",
+                )
             changed = await store.user_by_id(conn, user_id)
         assert changed is not None
         return changed

@@ -41,8 +41,12 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
     database = await open_database(settings, stack)
     redis = await open_cache(settings, stack)
     hashing = PasswordHashing(
-        time_cost=config.argon2_time_cost, memory_kib=config.argon2_memory_kib
+        time_cost=config.argon2_time_cost,
+        memory_kib=config.argon2_memory_kib,
+        max_concurrent=config.hash_concurrency,
+        max_waiting=config.hash_queue,
     )
+    stack.callback(hashing.close)
     ring = KeyRing(
         database,
         config.fernet(),
@@ -81,6 +85,7 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
         RouteTable(DescriptorImage()),
         rate_per_ip=config.rate_per_ip,
         rate_per_user=config.rate_per_user,
+        operator_clinic=config.operator_clinic,
     )
     servicer = AuthServicer(accounts, sessions, admin, ring, trusted_proxies=config.trusted_proxies)
     return ServiceParts(

@@ -77,6 +77,7 @@ async def ensure_account(
             display_name=email.partition("@")[0],
             password_hash=password_hash,
             roles=sorted(set(account.roles)),
+            approval_state="approved",  # the operator made it: no admin to wait for
             email_verified=True,
         )
         await record_audit_event(

@@ -49,6 +49,8 @@ _LOGIN_FAILURES_PER_ACCOUNT = Rate(5, 300)
 _LOGIN_FAILURES_PER_IP = Rate(20, 300)
 _MAIL_REQUESTS_PER_IP = Rate(10, 3600)
 _MAIL_REQUESTS_PER_ADDRESS = Rate(3, 3600)
+_TOKEN_ATTEMPTS_PER_IP = Rate(20, 600)
+_TOKEN_ATTEMPTS_PER_ACCOUNT = Rate(5, 600)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class AuthConfig:
     """MEDMESH_AUTH_VERIFY_TTL_S: how long an e-mail verification link works."""
     reset_ttl_s: int = 3600
     """MEDMESH_AUTH_RESET_TTL_S: how long a password reset link works."""
+    invite_ttl_s: int = 7 * 24 * 3600
+    """MEDMESH_AUTH_INVITE_TTL_S: how long an invitation link works."""
     key_max_age_s: int = 30 * 24 * 3600
     """MEDMESH_AUTH_KEY_MAX_AGE_S: start-up rotates an active signing key older than this."""
     leeway_s: int = 5
@@ -95,18 +99,34 @@ class AuthConfig:
     rate_per_ip: Rate = _RATE_PER_IP
     """MEDMESH_AUTH_RATE_LIMIT_IP: gateway requests per client IP."""
     login_failures_per_account: Rate = _LOGIN_FAILURES_PER_ACCOUNT
-    """MEDMESH_AUTH_LOGIN_LIMIT_ACCOUNT: failed logins per e-mail address."""
+    """MEDMESH_AUTH_LOGIN_LIMIT_ACCOUNT: failed logins per e-mail address (each attempt is
+    counted before the password is hashed; a successful one clears the count)."""
     login_failures_per_ip: Rate = _LOGIN_FAILURES_PER_IP
-    """MEDMESH_AUTH_LOGIN_LIMIT_IP: failed logins per client IP."""
+    """MEDMESH_AUTH_LOGIN_LIMIT_IP: failed logins per client IP (each attempt is counted
+    before the password is hashed; a successful one is given back)."""
     mail_requests_per_ip: Rate = _MAIL_REQUESTS_PER_IP
-    """MEDMESH_AUTH_MAIL_LIMIT_IP: Register / RequestPasswordReset calls per client IP."""
+    """MEDMESH_AUTH_MAIL_LIMIT_IP: Register / RequestPasswordReset / InviteUser calls per
+    client IP."""
     mail_requests_per_address: Rate = _MAIL_REQUESTS_PER_ADDRESS
-    """MEDMESH_AUTH_MAIL_LIMIT_ADDRESS: mails (reset, verification) per e-mail address."""
+    """MEDMESH_AUTH_MAIL_LIMIT_ADDRESS: mails (reset, verification, invitation) per e-mail
+    address."""
+    token_attempts_per_ip: Rate = _TOKEN_ATTEMPTS_PER_IP
+    """MEDMESH_AUTH_TOKEN_LIMIT_IP: VerifyEmail / ResetPassword / AcceptInvitation calls
+    per client IP, valid token or not (checked before any lookup or hashing)."""
+    token_attempts_per_account: Rate = _TOKEN_ATTEMPTS_PER_ACCOUNT
+    """MEDMESH_AUTH_TOKEN_LIMIT_ACCOUNT: ResetPassword / AcceptInvitation calls with a valid
+    token per account (each may hash a password)."""
+    hash_concurrency: int = 0
+    """MEDMESH_AUTH_HASH_CONCURRENCY: argon2 hashes run at once (0: half the CPUs)."""
+    hash_queue: int = 16
+    """MEDMESH_AUTH_HASH_QUEUE: hashes that may wait for a slot; more are refused at once
+    with RESOURCE_EXHAUSTED."""
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """MEDMESH_AUTH_TRUSTED_PROXIES: CIDRs whose `x-forwarded-for` names the real client."""
     operator_clinic: str = ""
-    """MEDMESH_AUTH_OPERATOR_CLINIC: the clinic whose admins may rotate signing keys
-    (default: the bootstrap clinic)."""
+    """MEDMESH_OPERATOR_CLINIC_ID (or the older MEDMESH_AUTH_OPERATOR_CLINIC): the clinic
+    whose admins may rotate signing keys and change the model registry (default: the
+    bootstrap clinic)."""
     bootstrap: BootstrapAccount | None = None
     """MEDMESH_AUTH_BOOTSTRAP_CLINIC / _ADMIN_EMAIL / _ADMIN_PASSWORD."""
     redis_prefix: str = "medmesh:auth:"
@@ -153,6 +173,7 @@ class AuthConfig:
             refresh_ttl_s=_int(env, "REFRESH_TTL_S", cls.refresh_ttl_s),
             verify_ttl_s=_int(env, "VERIFY_TTL_S", cls.verify_ttl_s),
             reset_ttl_s=_int(env, "RESET_TTL_S", cls.reset_ttl_s),
+            invite_ttl_s=_int(env, "INVITE_TTL_S", cls.invite_ttl_s),
             key_max_age_s=_int(env, "KEY_MAX_AGE_S", cls.key_max_age_s),
             leeway_s=_int(env, "LEEWAY_S", cls.leeway_s),
             smtp_url=settings.smtp_url,
@@ -168,10 +189,15 @@ class AuthConfig:
             mail_requests_per_address=_rate(
                 env, "MAIL_LIMIT_ADDRESS", cls.mail_requests_per_address
             ),
-            trusted_proxies=_networks(env.get(_v("TRUSTED_PROXIES"), "")),
-            operator_clinic=env.get(
-                _v("OPERATOR_CLINIC"), bootstrap.clinic_id if bootstrap else ""
+            token_attempts_per_ip=_rate(env, "TOKEN_LIMIT_IP", cls.token_attempts_per_ip),
+            token_attempts_per_account=_rate(
+                env, "TOKEN_LIMIT_ACCOUNT", cls.token_attempts_per_account
             ),
+            hash_concurrency=_int(env, "HASH_CONCURRENCY", cls.hash_concurrency),
+            hash_queue=_int(env, "HASH_QUEUE", cls.hash_queue),
+            trusted_proxies=_networks(env.get(_v("TRUSTED_PROXIES"), "")),
+            operator_clinic=settings.operator_clinic_id
+            or env.get(_v("OPERATOR_CLINIC"), bootstrap.clinic_id if bootstrap else ""),
             bootstrap=bootstrap,
             redis_prefix=f"{settings.subject_root}:auth:",
             argon2_memory_kib=_int(env, "ARGON2_MEMORY_KIB", cls.argon2_memory_kib),

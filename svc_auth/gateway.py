@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from medmesh.auth import TokenVerifier
 from medmesh.errors import Unauthenticated
-from medmesh.identity import Identity, Public, RoleRule
+from medmesh.identity import Identity, Public, RoleRule, allows
 from svc_auth.config import Rate
 from svc_auth.gateway_rules import GATEWAY_RULES, PUBLIC_PATHS, rule_for
 from svc_auth.ratelimit import RateLimiter
@@ -70,7 +70,9 @@ class Gateway:
         rate_per_user: Rate,
         rules: Mapping[str, RoleRule] = GATEWAY_RULES,
         public_paths: frozenset[str] = PUBLIC_PATHS,
+        operator_clinic: str = "",
     ) -> None:
+        self._operator_clinic = operator_clinic
         self._verifier = verifier
         self._limiter = limiter
         self._routes = routes
@@ -103,7 +105,7 @@ class Gateway:
             identity = await self._verifier.verify(token)
         except Unauthenticated as exc:
             return Decision(UNAUTHORIZED, exc.message, rpc=rpc)
-        if not identity.has_any(rule):
+        if not allows(rule, identity, self._operator_clinic):
             return Decision(FORBIDDEN, "the caller's roles do not allow this", identity, rpc)
         verdict = await self._limiter.hit("gw-user", identity.user_id, self._rate_per_user)
         if not verdict.allowed:

@@ -20,7 +20,9 @@ from medmesh.identity import (
     CLINICIAN,
     PUBLIC,
     SERVICE,
+    SIGNED_IN,
     WRITERS,
+    OperatorOnly,
     RoleRule,
 )
 
@@ -43,9 +45,13 @@ GATEWAY_RULES: Mapping[str, RoleRule] = {
     f"{AUTH}/RequestPasswordReset": PUBLIC,
     f"{AUTH}/ResetPassword": PUBLIC,
     f"{AUTH}/GetJwks": PUBLIC,
-    f"{AUTH}/GetMe": ANY_ROLE,
-    f"{AUTH}/ChangePassword": ANY_ROLE,
+    f"{AUTH}/AcceptInvitation": PUBLIC,
+    # The caller's own account, also while awaiting approval (a token without roles).
+    f"{AUTH}/GetMe": SIGNED_IN,
+    f"{AUTH}/ChangePassword": SIGNED_IN,
     f"{AUTH}/ListUsers": ADMINS,
+    f"{AUTH}/InviteUser": ADMINS,
+    f"{AUTH}/ApproveUser": ADMINS,
     f"{AUTH}/SetUserRoles": ADMINS,
     f"{AUTH}/DisableUser": ADMINS,
     f"{AUTH}/RotateSigningKey": ADMINS,
@@ -61,8 +67,9 @@ GATEWAY_RULES: Mapping[str, RoleRule] = {
     f"{INFERENCE}/*": ANY_ROLE,
     f"{INFERENCE}/ListDeadLetters": ADMINS,
     f"{INFERENCE}/ReplayDeadLetter": ADMINS,
-    # Model registry: everybody reads; admins and machine clients change it.
-    f"{MODELS}/*": ADMIN_OR_SERVICE,
+    # Model registry: everybody reads; the operator clinic's admins and machine clients
+    # change it (it serves every clinic).
+    f"{MODELS}/*": OperatorOnly(ADMIN_OR_SERVICE),
     f"{MODELS}/ListModels": ANY_ROLE,
     f"{MODELS}/GetModel": ANY_ROLE,
     # Reports: everybody reads; generating and delivering is for admins and clinicians.

@@ -33,6 +33,7 @@ _log = structlog.get_logger("svc_auth.mail")
 SUBJECTS = {
     "verify_email": "Confirm your e-mail address for medmesh",
     "password_reset": "Reset your medmesh password",
+    "invitation": "You are invited to medmesh",
 }
 MAX_ATTEMPTS = 8
 

@@ -1,20 +1,29 @@
 """Input rules for accounts (e-mail, password, names) and argon2id password hashing.
 
 The password policy follows NIST SP 800-63B: length and a block-list matter, composition
-rules ("one digit, one symbol") do not. Hashing runs in a worker thread: an argon2id hash
-costs tens of milliseconds of CPU and must not stall the event loop.
+rules ("one digit, one symbol") do not. Hashing runs on its own small thread pool: an argon2id
+hash costs tens of milliseconds of CPU and 64 MiB, so it must not stall the event loop, and
+a flood of sign-ins must not take every core (the gateway's Check runs in this process too).
+At most `max_concurrent` hashes run and `max_waiting` wait; beyond that a call is refused at
+once with RESOURCE_EXHAUSTED (retry in a second) instead of queueing without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import unicodedata
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from medmesh.errors import FieldViolation
+from medmesh.errors import FieldViolation, ResourceExhausted
+
+T = TypeVar("T")
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 128
@@ -105,28 +114,65 @@ def clinic_id_violation(field: str, clinic_id: str) -> FieldViolation | None:
     return None
 
 
-class PasswordHashing:
-    """argon2id with the given cost; async methods run the hash in a worker thread."""
+def default_hash_concurrency() -> int:
+    """Half the CPUs (at least one): the other half keeps serving Check, tokens and JWKS."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
-    def __init__(self, *, time_cost: int = 3, memory_kib: int = 64 * 1024) -> None:
+
+class PasswordHashing:
+    """argon2id with the given cost; async methods run the hash on a bounded thread pool."""
+
+    def __init__(
+        self,
+        *,
+        time_cost: int = 3,
+        memory_kib: int = 64 * 1024,
+        max_concurrent: int = 0,
+        max_waiting: int = 16,
+    ) -> None:
         self._hasher = PasswordHasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=1, type=Type.ID
         )
         # Compared against when the e-mail is unknown, so that a wrong address costs the
         # same time as a wrong password (no user enumeration by timing).
         self._decoy_hash = self._hasher.hash("decoy password that never matches")
+        self.max_concurrent = max_concurrent or default_hash_concurrency()
+        self._capacity = self.max_concurrent + max_waiting
+        self._in_flight = 0
+        self._executor: ThreadPoolExecutor | None = None
 
     async def hash(self, password: str) -> str:
         """The encoded argon2id hash of `password` (salt and parameters included)."""
-        return await asyncio.to_thread(self._hasher.hash, password)
+        return await self._run(self._hasher.hash, password)
 
     async def verify(self, encoded: str | None, password: str) -> bool:
         """True when `password` matches; None for `encoded` spends the same time and fails."""
-        return await asyncio.to_thread(self._verify, encoded, password)
+        return await self._run(self._verify, encoded, password)
 
     def needs_rehash(self, encoded: str) -> bool:
         """True when `encoded` was made with other parameters than the current ones."""
         return self._hasher.check_needs_rehash(encoded)
+
+    def close(self) -> None:
+        """Stop the thread pool (running hashes finish)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        if self._in_flight >= self._capacity:
+            raise ResourceExhausted("too many password checks in progress; try again", 1.0)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.max_concurrent, thread_name_prefix="argon2"
+            )
+        self._in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, function, *args
+            )
+        finally:
+            self._in_flight -= 1
 
     def _verify(self, encoded: str | None, password: str) -> bool:
         try:

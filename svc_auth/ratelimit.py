@@ -37,6 +37,21 @@ end
 return {1, 0}
 """
 
+# Give one request back (it turned out not to count, e.g. a sign-in that succeeded):
+# KEYS[1] bucket; ARGV[1] emission interval (µs).
+_REFUND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local new_tat = tat - tonumber(ARGV[1])
+if new_tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
+end
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -53,6 +68,7 @@ class RateLimiter:
         self._redis = redis
         self._prefix = prefix
         self._script = redis.register_script(_GCRA)
+        self._refund = redis.register_script(_REFUND)
 
     def key(self, bucket: str, subject: str) -> str:
         """The Redis key of `subject`'s bucket (`<prefix>rl:<bucket>:<subject>`)."""
@@ -66,6 +82,13 @@ class RateLimiter:
         """Would one more request be allowed? Counts nothing."""
         return await self._run(bucket, subject, rate, consume=False)
 
+    async def refund(self, bucket: str, subject: str, rate: Rate) -> None:
+        """Give back one request counted by `hit` (it turned out not to count)."""
+        try:
+            await self._refund(keys=[self.key(bucket, subject)], args=[_emission_us(rate)])
+        except TRANSIENT_ERRORS as exc:
+            raise DependencyUnavailable("redis", str(exc)) from exc
+
     async def reset(self, bucket: str, subject: str) -> None:
         """Forget the bucket (e.g. failed logins after a successful one)."""
         try:
@@ -74,13 +97,16 @@ class RateLimiter:
             raise DependencyUnavailable("redis", str(exc)) from exc
 
     async def _run(self, bucket: str, subject: str, rate: Rate, *, consume: bool) -> Verdict:
-        emission_us = max(1.0, rate.period_s * 1_000_000 / rate.count)
         tolerance_us = rate.period_s * 1_000_000
         try:
             allowed, retry_us = await self._script(
                 keys=[self.key(bucket, subject)],
-                args=[int(emission_us), int(tolerance_us), "1" if consume else "0"],
+                args=[_emission_us(rate), int(tolerance_us), "1" if consume else "0"],
             )
         except TRANSIENT_ERRORS as exc:
             raise DependencyUnavailable("redis", str(exc)) from exc
         return Verdict(bool(allowed), int(retry_us) / 1_000_000)
+
+
+def _emission_us(rate: Rate) -> int:
+    return int(max(1.0, rate.period_s * 1_000_000 / rate.count))

@@ -7,6 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gen.medmesh.auth.v1 import (
+    AcceptInvitationRequest,
+    AcceptInvitationResponse,
+    ApprovalState,
+    ApproveUserRequest,
+    ApproveUserResponse,
     ChangePasswordRequest,
     ChangePasswordResponse,
     DisableUserRequest,
@@ -15,6 +20,9 @@ from gen.medmesh.auth.v1 import (
     GetJwksResponse,
     GetMeRequest,
     GetMeResponse,
+    Invitation,
+    InviteUserRequest,
+    InviteUserResponse,
     Jwk,
     ListUsersRequest,
     ListUsersResponse,
@@ -43,10 +51,10 @@ from medmesh.errors import InvalidArgument
 from medmesh.identity import (
     ADMIN,
     ADMINS,
-    ANY_ROLE,
     CLINICIAN,
     PUBLIC,
     SERVICE,
+    SIGNED_IN,
     TECHNICIAN,
     VIEWER,
     RoleRules,
@@ -69,9 +77,14 @@ AUTH_RULES: RoleRules = {
     "RequestPasswordReset": PUBLIC,
     "ResetPassword": PUBLIC,
     "GetJwks": PUBLIC,
-    "GetMe": ANY_ROLE,
-    "ChangePassword": ANY_ROLE,
+    "AcceptInvitation": PUBLIC,
+    # The caller's own account: also for a self-registered user awaiting approval, whose
+    # tokens carry no roles and so pass no other rule (clinic data stays out of reach).
+    "GetMe": SIGNED_IN,
+    "ChangePassword": SIGNED_IN,
     "ListUsers": ADMINS,
+    "InviteUser": ADMINS,
+    "ApproveUser": ADMINS,
     "SetUserRoles": ADMINS,
     "DisableUser": ADMINS,
     "RotateSigningKey": ADMINS,  # and the operator clinic only (svc_auth.admin)
@@ -85,6 +98,10 @@ ROLE_NAMES: Mapping[Role, str] = {
     Role.SERVICE: SERVICE,
 }
 ROLES_BY_NAME: Mapping[str, Role] = {name: role for role, name in ROLE_NAMES.items()}
+APPROVAL_STATES: Mapping[str, ApprovalState] = {
+    "pending": ApprovalState.PENDING,
+    "approved": ApprovalState.APPROVED,
+}
 
 
 def user_message(row: Mapping[str, Any]) -> User:
@@ -100,7 +117,31 @@ def user_message(row: Mapping[str, Any]) -> User:
         disabled=row["disabled"],
         create_time=row["created_at"],
         update_time=row["updated_at"],
+        approval_state=APPROVAL_STATES[row["approval_state"]],
     )
+
+
+def invitation_message(row: Mapping[str, Any]) -> Invitation:
+    """An invitations row as the contract's Invitation."""
+    return Invitation(
+        name=f"invitations/{row['invitation_id']}",
+        invitation_id=str(row["invitation_id"]),
+        email=row["email"],
+        display_name=row["display_name"],
+        clinic_id=row["clinic_id"],
+        roles=[ROLES_BY_NAME[name] for name in row["roles"]],
+        create_time=row["created_at"],
+        expire_time=row["expires_at"],
+    )
+
+
+def approval_filter(state: ApprovalState) -> str | None:
+    """ListUsers' filter: a stored state name, or None for APPROVAL_STATE_UNSPECIFIED."""
+    names = {value: name for name, value in APPROVAL_STATES.items()}
+    try:
+        return names.get(ApprovalState(state))
+    except ValueError:
+        raise InvalidArgument.for_field("approval_state", "is not a known state") from None
 
 
 def jwk_message(jwk: Mapping[str, Any]) -> Jwk:
@@ -178,11 +219,12 @@ class AuthServicer:
         )
         return RegisterResponse(user=user_message(user))
 
-    async def verify_email(self, request: VerifyEmailRequest, _context: Any) -> VerifyEmailResponse:
+    async def verify_email(self, request: VerifyEmailRequest, context: Any) -> VerifyEmailResponse:
         """VerifyEmail."""
-        return VerifyEmailResponse(
-            user=user_message(await self._accounts.verify_email(request.token))
+        user = await self._accounts.verify_email(
+            request.token, client_ip=client_ip(context, self._trusted_proxies)
         )
+        return VerifyEmailResponse(user=user_message(user))
 
     async def login(self, request: LoginRequest, context: Any) -> LoginResponse:
         """Login."""
@@ -233,16 +275,51 @@ class AuthServicer:
         return RequestPasswordResetResponse()
 
     async def reset_password(
-        self, request: ResetPasswordRequest, _context: Any
+        self, request: ResetPasswordRequest, context: Any
     ) -> ResetPasswordResponse:
         """ResetPassword."""
-        await self._accounts.reset_password(token=request.token, new_password=request.new_password)
+        await self._accounts.reset_password(
+            token=request.token,
+            new_password=request.new_password,
+            client_ip=client_ip(context, self._trusted_proxies),
+        )
         return ResetPasswordResponse()
+
+    async def invite_user(self, request: InviteUserRequest, context: Any) -> InviteUserResponse:
+        """InviteUser."""
+        invitation = await self._accounts.invite(
+            current_identity(),
+            email=request.email,
+            display_name=request.display_name,
+            roles=role_names(request.roles),
+            client_ip=client_ip(context, self._trusted_proxies),
+        )
+        return InviteUserResponse(invitation=invitation_message(invitation))
+
+    async def accept_invitation(
+        self, request: AcceptInvitationRequest, context: Any
+    ) -> AcceptInvitationResponse:
+        """AcceptInvitation."""
+        user = await self._accounts.accept_invitation(
+            token=request.token,
+            password=request.password,
+            display_name=request.display_name,
+            client_ip=client_ip(context, self._trusted_proxies),
+        )
+        return AcceptInvitationResponse(user=user_message(user))
+
+    async def approve_user(self, request: ApproveUserRequest, _context: Any) -> ApproveUserResponse:
+        """ApproveUser."""
+        user = await self._admin.approve(current_identity(), request.name)
+        return ApproveUserResponse(user=user_message(user))
 
     async def list_users(self, request: ListUsersRequest, _context: Any) -> ListUsersResponse:
         """ListUsers."""
         page = await self._admin.list_users(
-            current_identity(), request.page_size, request.page_token
+            current_identity(),
+            request.page_size,
+            request.page_token,
+            approval_filter(request.approval_state),
         )
         return ListUsersResponse(
             users=[user_message(row) for row in page.users],

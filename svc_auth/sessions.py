@@ -171,5 +171,13 @@ class Sessions:
             token=refresh_token,
             ttl_s=self._refresh_ttl_s,
         )
-        access = await self._issuer.issue(str(user["user_id"]), user["clinic_id"], user["roles"])
+        access = await self._issuer.issue(
+            str(user["user_id"]), user["clinic_id"], token_roles(user)
+        )
         return TokenPair(access, refresh_token, refresh_expires)
+
+
+def token_roles(user: Mapping[str, Any]) -> list[str]:
+    """The roles an access token carries: the user's, once approved; none while pending, so
+    every role rule of every service refuses the token (only SIGNED_IN RPCs accept it)."""
+    return list(user["roles"]) if user["approval_state"] == "approved" else []

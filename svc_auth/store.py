@@ -18,7 +18,7 @@ Row = dict[str, Any]
 
 _USER = """
     SELECT u.user_id, u.clinic_id, u.email, u.display_name, u.password_hash,
-           u.email_verified, u.disabled, u.created_at, u.updated_at,
+           u.email_verified, u.disabled, u.created_at, u.updated_at, u.approval_state,
            coalesce(array_agg(r.role ORDER BY r.role) FILTER (WHERE r.role IS NOT NULL),
                     '{}') AS roles
     FROM auth.users u LEFT JOIN auth.user_roles r USING (user_id)
@@ -68,13 +68,28 @@ async def insert_user(
     display_name: str,
     password_hash: str,
     roles: list[str],
+    approval_state: str,
     email_verified: bool = False,
 ) -> Row:
-    """Insert a user with roles; raises psycopg's UniqueViolation for a taken e-mail."""
+    """Insert a user with roles; raises psycopg's UniqueViolation for a taken e-mail.
+
+    `approval_state` (`pending` or `approved`) has no default on purpose: every caller says
+    whether the account may reach clinic data.
+    """
     await conn.execute(
         "INSERT INTO auth.users (user_id, clinic_id, email, display_name, password_hash, "
-        "email_verified) VALUES (%s, %s, %s, %s, %s, %s)",
-        (user_id, clinic_id, email, display_name, password_hash, email_verified),
+        "email_verified, approval_state, approved_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+        "CASE WHEN %s = 'approved' THEN now() END)",
+        (
+            user_id,
+            clinic_id,
+            email,
+            display_name,
+            password_hash,
+            email_verified,
+            approval_state,
+            approval_state,
+        ),
     )
     await replace_roles(conn, user_id, roles)
     row = await user_by_id(conn, user_id)
@@ -103,17 +118,40 @@ async def user_by_id(
 
 
 async def list_users(
-    conn: Connection, clinic_id: str, *, after: tuple[datetime, UUID] | None, limit: int
+    conn: Connection,
+    clinic_id: str,
+    *,
+    after: tuple[datetime, UUID] | None,
+    limit: int,
+    approval_state: str | None = None,
 ) -> list[Row]:
-    """One page of a clinic's users, oldest first (keyset pagination)."""
+    """One page of a clinic's users, oldest first (keyset pagination), optionally only
+    those in one approval state."""
     after_time, after_id = after or (None, None)
     cur = await conn.execute(
-        _USER + " WHERE u.clinic_id = %s AND (%s::timestamptz IS NULL"
+        _USER + " WHERE u.clinic_id = %s AND (%s::text IS NULL OR u.approval_state = %s)"
+        " AND (%s::timestamptz IS NULL"
         " OR (u.created_at, u.user_id) > (%s::timestamptz, %s::uuid))"
         " GROUP BY u.user_id ORDER BY u.created_at, u.user_id LIMIT %s",
-        (clinic_id, after_time, after_time, after_id, limit),
+        (clinic_id, approval_state, approval_state, after_time, after_time, after_id, limit),
     )
     return await cur.fetchall()
+
+
+async def approve_user(conn: Connection, user_id: UUID | str) -> bool:
+    """Mark a pending user approved; False when it was approved already."""
+    cur = await conn.execute(
+        "UPDATE auth.users SET approval_state = 'approved', approved_at = now(), "
+        "updated_at = now() WHERE user_id = %s AND approval_state = 'pending'",
+        (user_id,),
+    )
+    return cur.rowcount == 1
+
+
+async def email_registered(conn: Connection, email: str) -> bool:
+    """True when a user has this (normalized) address."""
+    cur = await conn.execute("SELECT 1 FROM auth.users WHERE email = %s", (email,))
+    return await cur.fetchone() is not None
 
 
 async def replace_roles(conn: Connection, user_id: UUID | str, roles: list[str]) -> None:
@@ -166,6 +204,18 @@ async def insert_email_token(
         return await cur.fetchone()  # type: ignore[return-value]
 
 
+async def email_token_user(conn: Connection, token: str, purpose: str) -> UUID | None:
+    """The token's user if the token is known, unused and unexpired; uses nothing up (so a
+    caller can refuse a bad token before any expensive work)."""
+    async with conn.cursor(row_factory=scalar_row) as cur:
+        await cur.execute(
+            "SELECT user_id FROM auth.email_tokens WHERE token_hash = %s AND purpose = %s "
+            "AND used_at IS NULL AND expires_at > now()",
+            (digest(token), purpose),
+        )
+        return await cur.fetchone()
+
+
 async def consume_email_token(conn: Connection, token: str, purpose: str) -> UUID | None:
     """Mark the token used and return its user, if it is known, unused and unexpired."""
     async with conn.cursor(row_factory=scalar_row) as cur:
@@ -175,6 +225,74 @@ async def consume_email_token(conn: Connection, token: str, purpose: str) -> UUI
             (digest(token), purpose),
         )
         return await cur.fetchone()
+
+
+# --- invitations -----------------------------------------------------------------------
+
+_INVITATION = (
+    "SELECT invitation_id, clinic_id, email, display_name, roles, created_at, expires_at "
+    "FROM auth.invitations"
+)
+
+
+async def insert_invitation(
+    conn: Connection,
+    *,
+    invitation_id: UUID,
+    token: str,
+    clinic_id: str,
+    email: str,
+    display_name: str,
+    roles: list[str],
+    invited_by: UUID | str,
+    ttl_s: int,
+) -> Row:
+    """Store an invitation (its token hashed), revoking the open ones to the same address."""
+    await conn.execute(
+        "UPDATE auth.invitations SET revoked_at = now() WHERE email = %s "
+        "AND accepted_at IS NULL AND revoked_at IS NULL",
+        (email,),
+    )
+    cur = await conn.execute(
+        "INSERT INTO auth.invitations (invitation_id, token_hash, clinic_id, email, "
+        "display_name, roles, invited_by, expires_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, now() + %s) "
+        "RETURNING invitation_id, clinic_id, email, display_name, roles, created_at, expires_at",
+        (
+            invitation_id,
+            digest(token),
+            clinic_id,
+            email,
+            display_name,
+            roles,
+            invited_by,
+            timedelta(seconds=ttl_s),
+        ),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def open_invitation(conn: Connection, token: str, *, lock: bool = False) -> Row | None:
+    """The invitation of `token` if it is neither expired, accepted nor revoked."""
+    cur = await conn.execute(
+        _INVITATION + " WHERE token_hash = %s AND accepted_at IS NULL AND revoked_at IS NULL "
+        "AND expires_at > now()" + (" FOR UPDATE" if lock else ""),
+        (digest(token),),
+    )
+    return await cur.fetchone()
+
+
+async def mark_invitation_accepted(
+    conn: Connection, invitation_id: UUID, user_id: UUID | str
+) -> None:
+    """The invitation has become `user_id`; its token never works again."""
+    await conn.execute(
+        "UPDATE auth.invitations SET accepted_at = now(), accepted_user = %s "
+        "WHERE invitation_id = %s",
+        (user_id, invitation_id),
+    )
 
 
 # --- refresh tokens --------------------------------------------------------------------

@@ -10,7 +10,14 @@ from grpc_interceptor.server import AsyncServerInterceptor, parse_method_name
 
 from medmesh.auth.tokens import TokenVerifier
 from medmesh.errors import PermissionDenied, Unauthenticated
-from medmesh.identity import Identity, Public, RoleRules, bind_identity, reset_identity
+from medmesh.identity import (
+    Identity,
+    Public,
+    RoleRules,
+    allows,
+    bind_identity,
+    reset_identity,
+)
 
 # Infrastructure every client (load balancers, grpcurl) may call without a token.
 OPEN_SERVICES = frozenset(
@@ -54,10 +61,13 @@ class AuthInterceptor(AsyncServerInterceptor):
         verifier: TokenVerifier,
         rules: Mapping[str, RoleRules],
         on_denied: DenialHook | None = None,
+        *,
+        operator_clinic: str = "",
     ) -> None:
         self._verifier = verifier
         self._rules = rules
         self._on_denied = on_denied
+        self._operator_clinic = operator_clinic
 
     async def intercept(
         self, method: Callable, request: Any, context: Any, method_name: str
@@ -67,9 +77,7 @@ class AuthInterceptor(AsyncServerInterceptor):
             return await _call(method, request, context, None)
         rule = self._rules.get(name.fully_qualified_service, {}).get(name.method)
         identity = await self._identify(bearer_token(context.invocation_metadata()), rule)
-        if rule is None or (
-            not isinstance(rule, Public) and (identity is None or not identity.has_any(rule))
-        ):
+        if not allows(rule, identity, self._operator_clinic):
             if identity is not None and self._on_denied is not None:
                 await self._on_denied(identity, name.method, _requested_resource(request))
             raise PermissionDenied("the caller's roles do not allow this")

@@ -154,6 +154,7 @@ def auth_settings(
         "MEDMESH_AUTH_RATE_LIMIT_IP": "10000/60",
         "MEDMESH_AUTH_MAIL_LIMIT_IP": "10000/60",
         "MEDMESH_AUTH_MAIL_LIMIT_ADDRESS": "100/60",
+        "MEDMESH_AUTH_TOKEN_LIMIT_IP": "10000/60",
         **extra,
     }
     return Settings(

@@ -9,11 +9,13 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from auth_harness import CLINIC_A, PASSWORD, AuthUnderTest
+from auth_harness import ADMIN_EMAIL, CLINIC_A, PASSWORD, AuthUnderTest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from gen.medmesh.auth.v1 import (
+    ApprovalState,
+    ApproveUserRequest,
     ChangePasswordRequest,
     GetJwksRequest,
     GetMeRequest,
@@ -81,6 +83,10 @@ async def test_register_mail_verify_login_refresh_logout_with_the_claims_of_ever
     assert mail["Subject"] == "Confirm your e-mail address for medmesh"
     assert mail.get_body(preferencelist=("html",)) is not None
     token = await auth.mailbox.token_for(address.lower())
+    # The token travels in the fragment, which browsers never send to a server.
+    text = mail.get_body(preferencelist=("plain",)).get_content()
+    assert f"http://localhost:8080/verify-email#token={token}" in text
+    assert "?token=" not in text
     verified = await auth.stub.verify_email(VerifyEmailRequest(token=token))
     assert verified.user.email_verified
     with pytest.raises(grpc.aio.AioRpcError) as reused:
@@ -91,12 +97,18 @@ async def test_register_mail_verify_login_refresh_logout_with_the_claims_of_ever
     assert login.token_type == "Bearer"
     assert login.expires_in == 900
     assert login.user.user_id == user.user_id
+    assert login.user.approval_state == ApprovalState.PENDING
     header, claims = await decode(auth, login.access_token)
-    assert_access_claims(header, claims, user_id=user.user_id, roles=["viewer"])
+    # Self-registered: no roles in the token until an admin of the clinic approves.
+    assert_access_claims(header, claims, user_id=user.user_id, roles=[])
     assert login.expire_time.timestamp() == claims["exp"]
     me = await auth.stub.get_me(GetMeRequest(), metadata=bearer(login.access_token))
     assert me.user.email == address.lower()
 
+    admin = await auth.login(ADMIN_EMAIL)
+    await auth.stub.approve_user(
+        ApproveUserRequest(name=user.name), metadata=bearer(admin.access_token)
+    )
     refreshed = await auth.stub.refresh_token(
         RefreshTokenRequest(refresh_token=login.refresh_token)
     )
@@ -121,10 +133,12 @@ async def test_register_mail_verify_login_refresh_logout_with_the_claims_of_ever
     # The mail left the outbox once the server accepted it.
     assert auth.query("SELECT count(*) FROM auth.mail_outbox") == [(0,)]
     actions = [row[0] for row in auth.query("SELECT action FROM audit.events ORDER BY id")]
-    assert actions[-4:] == [
+    assert actions[-6:] == [
         "auth.user.register",
         "auth.user.verify_email",
         "auth.login",
+        "auth.login",  # the admin's
+        "auth.user.approve",
         "auth.logout",
     ]
 
@@ -176,6 +190,9 @@ async def test_password_reset_by_mail_replaces_the_password_and_ends_sessions(
     token = await auth.mailbox.token_for(address)
     mail = await auth.mailbox.wait_for(address)
     assert mail["Subject"] == "Reset your medmesh password"
+    link = f"http://localhost:8080/reset-password#token={token}"
+    assert link in mail.get_body(preferencelist=("plain",)).get_content()
+    assert f'href="{link}"' in mail.get_body(preferencelist=("html",)).get_content()
 
     new_password = "a brand new passphrase 42"
     await auth.stub.reset_password(ResetPasswordRequest(token=token, new_password=new_password))

@@ -3,8 +3,8 @@ clinic or in another clinic → the status the caller gets. One svc_auth serves 
 every case creates its own caller and target, so cases do not depend on each other.
 
 "Own" and "other" name where the resource the RPC acts on lives. For RPCs without a target
-user (GetMe, ChangePassword, GetJwks, RotateSigningKey) "other" means the caller belongs to
-clinic-b instead of clinic-a, the operator clinic that owns the signing keys.
+user (GetMe, ChangePassword, GetJwks, RotateSigningKey, InviteUser) "other" means the caller
+belongs to clinic-b instead of clinic-a, the operator clinic that owns the signing keys.
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ import pytest
 from auth_harness import CLINIC_A, CLINIC_B, PASSWORD, AuthUnderTest
 
 from gen.medmesh.auth.v1 import (
+    AcceptInvitationRequest,
+    ApprovalState,
+    ApproveUserRequest,
     ChangePasswordRequest,
     DisableUserRequest,
     GetJwksRequest,
     GetMeRequest,
+    InviteUserRequest,
     ListUsersRequest,
     LoginRequest,
     LogoutRequest,
@@ -50,9 +54,10 @@ PUBLIC_RPCS = {
     "RequestPasswordReset",
     "ResetPassword",
     "GetJwks",
+    "AcceptInvitation",
 }
 SELF_RPCS = {"GetMe", "ChangePassword"}
-TARGETLESS = {"GetMe", "ChangePassword", "GetJwks", "RotateSigningKey"}
+TARGETLESS = {"GetMe", "ChangePassword", "GetJwks", "RotateSigningKey", "InviteUser"}
 
 
 def expected(rpc: str, role: str, scope: str) -> grpc.StatusCode:
@@ -63,7 +68,7 @@ def expected(rpc: str, role: str, scope: str) -> grpc.StatusCode:
         return DENIED
     if rpc == "RotateSigningKey":
         return OK if scope == "own" else DENIED  # only the operator clinic's admins
-    if rpc in {"SetUserRoles", "DisableUser"}:
+    if rpc in {"SetUserRoles", "DisableUser", "ApproveUser"}:
         return OK if scope == "own" else NOT_FOUND  # another clinic's user does not exist
     return OK  # ListUsers: allowed, and shows the own clinic only (checked in the call)
 
@@ -184,6 +189,36 @@ async def rotate_signing_key(case: Case) -> None:
     assert rotated.key.kid
 
 
+async def invite_user(case: Case) -> None:
+    request = InviteUserRequest(
+        email=f"i{secrets.token_hex(5)}@{case.caller_clinic}.example",
+        display_name="Invited",
+        roles=[Role.TECHNICIAN],
+    )
+    invited = await case.auth.stub.invite_user(request, metadata=case.metadata)
+    assert invited.invitation.clinic_id == case.caller_clinic
+
+
+async def accept_invitation(case: Case) -> None:
+    admin = await case.auth.login(f"admin@{case.target_clinic}.example")
+    address = f"a{secrets.token_hex(5)}@{case.target_clinic}.example"
+    await case.auth.stub.invite_user(
+        InviteUserRequest(email=address, display_name="A", roles=[Role.VIEWER]),
+        metadata=(("authorization", f"Bearer {admin.access_token}"),),
+    )
+    token = await case.auth.mailbox.token_for(address)
+    request = AcceptInvitationRequest(token=token, password=PASSWORD)
+    accepted = await case.auth.stub.accept_invitation(request, metadata=case.metadata)
+    assert accepted.user.clinic_id == case.target_clinic
+
+
+async def approve_user(case: Case) -> None:
+    _, registered = await case.auth.register_and_verify(case.target_clinic)
+    request = ApproveUserRequest(name=registered.user.name)
+    approved = await case.auth.stub.approve_user(request, metadata=case.metadata)
+    assert approved.user.approval_state == ApprovalState.APPROVED
+
+
 CALLS: dict[str, Callable[[Case], Awaitable[None]]] = {
     "Register": register,
     "VerifyEmail": verify_email,
@@ -199,6 +234,9 @@ CALLS: dict[str, Callable[[Case], Awaitable[None]]] = {
     "SetUserRoles": set_user_roles,
     "DisableUser": disable_user,
     "RotateSigningKey": rotate_signing_key,
+    "InviteUser": invite_user,
+    "AcceptInvitation": accept_invitation,
+    "ApproveUser": approve_user,
 }
 
 
