@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support.infer import InferHarness
+from support.infer import CLINIC, InferHarness
 from support.models import model_base_dir, model_server_address  # noqa: F401 - fixtures
 from support.serving import clients, served
 from support.tokens import TokenFactory
@@ -59,6 +59,7 @@ async def infer(
         stream_prefix=name_prefix.upper(),
         ready_file=ready_file,
         grace_period_s=1,
+        operator_clinic_id=CLINIC,  # clinic-a's admins run the model registry
         extra=dict(infer_extra),
     )
 
