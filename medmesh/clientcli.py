@@ -269,16 +269,19 @@ async def _watch(client: MedmeshClient, args: argparse.Namespace, _err: Console)
         last = event.status
         when = event.event_time.strftime("%H:%M:%S") if event.event_time else "--:--:--"
         about = f" {event.file.file_name}: {event.file.status.name}" if event.file else ""
-        reason = f" ({event.reason})" if event.reason else ""
-        print(f"{when} {event.status.name}{about}{reason}", flush=True)
+        reason = f" — {event.reason}" if event.reason else ""
+        print(f"{when} {event.status.name:<12}{about}{reason}".rstrip(), flush=True)
     return 1 if last == StudyStatus.FAILED else 0
 
 
 async def _results(client: MedmeshClient, args: argparse.Namespace, _err: Console) -> int:
-    for result in await client.list_results(args.study):
-        if args.json:
+    results = await client.list_results(args.study)
+    if args.json:
+        for result in results:
             print(json.dumps(result.to_dict(), ensure_ascii=False))
-            continue
+        return 0
+    file_names = {f.name: f.file_name for f in (await client.get_study(args.study)).files}
+    for result in results:
         model = f"{result.model_name.removeprefix('models/')} v{result.model_version}"
         if result.image is not None:
             found = ", ".join(f"{s.label} {s.score:.2f}" for s in result.image.top_k[:3])
@@ -286,13 +289,13 @@ async def _results(client: MedmeshClient, args: argparse.Namespace, _err: Consol
             found = ", ".join(f"{s.label} {s.score:.2f}" for s in result.text.findings[:3])
         else:
             found = ""
-        print(f"{result.file}\t{model}\t{found}")
+        print(f"{file_names.get(result.file, result.file)}\t{model}\t{found}")
     return 0
 
 
 async def _report(client: MedmeshClient, args: argparse.Namespace, err: Console) -> int:
     report = await client.get_report(args.study)
-    with Progress(console=err, transient=True) as progress:
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task(report.name, total=report.size_bytes or None)
         await client.download_report(
             report,
