@@ -286,9 +286,7 @@ class Accounts:
             user = await store.user_by_id(conn, user_id) if user_id else None
         if user_id is None or user is None:
             raise FailedPrecondition("the reset token is unknown, expired or used")
-        await self._limit(
-            "token-account", str(user_id), self._config.token_attempts_per_account
-        )
+        await self._limit("token-account", str(user_id), self._config.token_attempts_per_account)
         _require_valid([password_violation("new_password", new_password, email=user["email"])])
         new_hash = await self._hashing.hash(new_password)
         async with self._database.transaction() as conn:

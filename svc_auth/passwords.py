@@ -168,9 +168,7 @@ class PasswordHashing:
             )
         self._in_flight += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, function, *args
-            )
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
         finally:
             self._in_flight -= 1
 
