@@ -3,6 +3,7 @@ store's URL, the public URL the services' mails link to, and the screens the edg
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -13,6 +14,8 @@ from medmesh.edge import EdgeSettings
 from medmesh.edge.webapp import APP_SECTIONS, WebApp
 from medmesh.supervisor import reserve_edge_url
 from medmesh.webbuild import WEB_DIR, is_stale
+from svc_ingest.config import IngestConfig
+from svc_ingest.validation import MAX_FILE_NAME
 
 ROUTES_FILE = WEB_DIR / "src" / "app" / "routes.tsx"
 
@@ -107,3 +110,19 @@ def test_a_built_app_is_stale_once_a_source_is_newer(tmp_path: Path) -> None:
     assert not is_stale(tmp_path, tmp_path / "gen")
     os.utime(source, (later + 10, later + 10))
     assert is_stale(tmp_path, tmp_path / "gen")
+
+
+def test_the_apps_upload_limits_are_svc_ingests_defaults() -> None:
+    source = (WEB_DIR / "src" / "upload" / "limits.ts").read_text()
+    mib = 1024 * 1024
+    declared = {
+        name: math.prod(mib if f.strip() == "MIB" else int(f) for f in expression.split("*"))
+        for name, expression in re.findall(r"export const (MAX_\w+) = ([\d\s*MIB]+);", source)
+    }
+    defaults = IngestConfig()
+    assert declared == {
+        "MAX_IMAGE_BYTES": defaults.max_image_bytes,
+        "MAX_DICOM_BYTES": defaults.max_dicom_bytes,
+        "MAX_TEXT_BYTES": defaults.max_text_bytes,
+        "MAX_FILE_NAME": MAX_FILE_NAME,
+    }

@@ -47,10 +47,15 @@ export interface Api {
   report: Client<typeof ReportService>;
 }
 
-export function createApi(tokens: TokenSource, baseUrl: string = window.location.origin): Api {
+export function createApi(
+  tokens: TokenSource,
+  baseUrl: string = window.location.origin,
+  fetchImpl?: typeof globalThis.fetch,
+): Api {
   const transport = createGrpcWebTransport({
     baseUrl,
     interceptors: [bearerInterceptor(tokens)],
+    ...(fetchImpl ? { fetch: fetchImpl } : {}),
   });
   return {
     auth: createClient(AuthService, transport),
