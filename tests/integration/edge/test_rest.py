@@ -68,6 +68,27 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str, dict[str, Any]]] = [
     ("GET", "/v1/studies/s1/results/r1", None, "GetResult", {"name": "studies/s1/results/r1"}),
     ("POST", "/v1/studies/s1/files/f1:completeUpload", {}, "CompleteUpload", {}),
     ("GET", "/v1/studies/s1/files/f1", None, "GetFile", {"name": "studies/s1/files/f1"}),
+    (
+        "GET",
+        "/v1/studies/s1/auditEvents?pageSize=5",
+        None,
+        "ListStudyAuditEvents",
+        {"page_size": 5},
+    ),
+    (
+        "GET",
+        "/v1/studies/s1/files/f1:downloadUrl",
+        None,
+        "GetFileDownloadUrl",
+        {"name": "studies/s1/files/f1"},
+    ),
+    (
+        "GET",
+        "/v1/studies/s1/results/r1:imageUrl",
+        None,
+        "GetResultImageUrl",
+        {"name": "studies/s1/results/r1"},
+    ),
 ]
 
 
