@@ -81,7 +81,12 @@ async def start_workers(
         database=database,
         registry=registry,
         pipeline=ImagePipeline(
-            objects, client, top_k=config.top_k, timeout_s=config.predict_timeout_s
+            objects,
+            client,
+            top_k=config.top_k,
+            timeout_s=config.predict_timeout_s,
+            decode_budget_bytes=config.batch_decode_budget_bytes,
+            header_bytes=config.header_bytes,
         ),
         writer=writer,
         config=config,

@@ -40,12 +40,25 @@ class InferConfig:
     """MEDMESH_INFER_TOP_K: labels kept per image result."""
     result_ttl_s: int = 3600
     """MEDMESH_INFER_RESULT_TTL_S: lifetime of a cached result in Redis."""
+    batch_decode_budget_bytes: int = 2 * 1024**3
+    """MEDMESH_INFER_BATCH_DECODE_BUDGET_BYTES: the most memory one micro-batch's images may
+    hold while they are downloaded and decoded (estimated from each header before decoding);
+    images that do not fit together decode one after another, and an image that alone needs
+    more is dead-lettered at once. A worker holds at most `concurrency` times this."""
+    header_bytes: int = 1024**2
+    """MEDMESH_INFER_HEADER_BYTES: how much of each image is read first to find its header
+    (keep it at least MEDMESH_INGEST_HEADER_WINDOW_BYTES)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.concurrency < 1:
             raise SettingsError("batch size and concurrency must be at least 1")
         if not self.retry_backoff_s or any(d < 0 for d in self.retry_backoff_s):
             raise SettingsError("MEDMESH_INFER_RETRY_BACKOFF_S needs non-negative delays")
+        if self.batch_decode_budget_bytes < 64 * 1024**2 or self.header_bytes < 1024:
+            raise SettingsError(
+                "MEDMESH_INFER_BATCH_DECODE_BUDGET_BYTES must be at least 64 MiB and"
+                " MEDMESH_INFER_HEADER_BYTES at least 1 KiB"
+            )
         if not 0 < self.result_ttl_s <= 3600:
             raise SettingsError("MEDMESH_INFER_RESULT_TTL_S must be within 1..3600")
 

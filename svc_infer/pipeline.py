@@ -5,6 +5,14 @@ A job whose file cannot be downloaded or preprocessed fails alone; the others st
 model server together. A failed Predict fails the whole group (the worker retries each job).
 CPU-bound steps (OpenCV, tokenization) run in worker threads: OpenCV and the tokenizers
 library release the GIL, so one batch's preprocessing overlaps another batch's Predict.
+
+Image memory is budgeted per batch (`DecodeBudget`, MEDMESH_INFER_BATCH_DECODE_BUDGET_BYTES):
+each image's header is read first (one ranged GET of `header_bytes`, which is the whole file
+when it is small), its decoding peak estimated (preprocess.decode_cost_bytes), and the image
+is downloaded and decoded only while that much of the budget is free; the batch's images
+decode side by side as long as they fit, one after the other when they do not. An image
+whose estimate alone exceeds the budget (a decode bomb that predates ingest's bound or came
+in another way) fails for good (`DecodeRefused`): the worker dead-letters it at once.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from gen.medmesh.infer.v1 import TrafficArm
 from medmesh.errors import NotFound
 from medmesh.objects import LOGICAL_BUCKETS, PROCESSED_IMAGES, RAW_IMAGES, ObjectStore
 from svc_infer import metrics
+from svc_infer.budget import DecodeBudget
 from svc_infer.catalog import ModelCatalog, image_spec, text_attention_input
 from svc_infer.models.text import encode
 from svc_infer.postprocess import analyse_text, classify_image
@@ -32,8 +41,11 @@ from svc_infer.preprocess import (
     IMAGE_PREPROCESSING_VERSION,
     ImageSpec,
     PreparedImage,
+    PreprocessingError,
+    decode_cost_bytes,
     encode_png,
     prepare_image,
+    probe_image,
 )
 from svc_infer.registry import Model, ModelVersion
 from svc_infer.results import ResultDraft, Timings, image_analysis, text_analysis
@@ -43,6 +55,15 @@ from svc_infer.tfserving import ModelRef, TFServingClient
 
 class JobFailed(Exception):
     """This job cannot be processed now (its file is missing, corrupt, or unreadable)."""
+
+    permanent = False
+    """True when no retry can help: the worker dead-letters the job at once."""
+
+
+class DecodeRefused(JobFailed):
+    """Decoding the job's image would take more memory than a whole batch may hold."""
+
+    permanent = True
 
 
 @dataclass
@@ -65,6 +86,8 @@ class Outcome:
     delivery: Delivery
     draft: ResultDraft | None = None
     error: str = ""
+    permanent: bool = False
+    """The error is final (no retry can fix it): dead-letter the job now."""
 
 
 def queue_ms(delivery: Delivery) -> float:
@@ -86,16 +109,37 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
+def _bucket(job: InferenceJob) -> str:
+    return job.bucket if job.bucket in LOGICAL_BUCKETS else RAW_IMAGES
+
+
+def _check_sha256(job: InferenceJob, data: bytes) -> bytes:
+    if job.sha256 and hashlib.sha256(data).hexdigest() != job.sha256.lower():
+        raise JobFailed(f"{job.object_key} does not match the job's sha256")
+    return data
+
+
 async def load_file(objects: ObjectStore, job: InferenceJob) -> bytes:
     """The job's stored file, checked against its SHA-256 when the job carries one."""
-    bucket = job.bucket if job.bucket in LOGICAL_BUCKETS else RAW_IMAGES
+    bucket = _bucket(job)
     try:
         data = await objects.get_bytes(bucket, job.object_key)
     except NotFound as exc:
         raise JobFailed(f"{job.object_key} is not in {bucket}") from exc
-    if job.sha256 and hashlib.sha256(data).hexdigest() != job.sha256.lower():
-        raise JobFailed(f"{job.object_key} does not match the job's sha256")
-    return data
+    return _check_sha256(job, data)
+
+
+async def load_head(objects: ObjectStore, job: InferenceJob, length: int) -> tuple[bytes, int]:
+    """The first `length` bytes of the job's file and its size (the whole file, checked
+    against the job's SHA-256, when it is no longer than `length`)."""
+    bucket = _bucket(job)
+    try:
+        head, size = await objects.read_head(bucket, job.object_key, length)
+    except NotFound as exc:
+        raise JobFailed(f"{job.object_key} is not in {bucket}") from exc
+    if len(head) >= size:
+        _check_sha256(job, head)
+    return head, size
 
 
 def _draft(
@@ -151,22 +195,58 @@ class ImagePipeline:
     kind = AnalysisKind.IMAGE_CLASSIFICATION
 
     def __init__(
-        self, objects: ObjectStore, client: TFServingClient, *, top_k: int, timeout_s: float
+        self,
+        objects: ObjectStore,
+        client: TFServingClient,
+        *,
+        top_k: int,
+        timeout_s: float,
+        decode_budget_bytes: int = 2 * 1024**3,
+        header_bytes: int = 1024**2,
     ) -> None:
         self._objects = objects
         self._client = client
         self._top_k = top_k
         self._timeout_s = timeout_s
+        self._decode_budget_bytes = decode_budget_bytes
+        self._header_bytes = header_bytes
+        self.last_budget: DecodeBudget | None = None
+        """The budget of the latest batch (tests read its peak)."""
+
+    async def _admit(self, delivery: Delivery) -> tuple[bytes, int, int]:
+        """Read the image's header: (head, file size, decoding peak); refuse it for good
+        when that peak exceeds what a whole batch may hold."""
+        job = delivery.job
+        head, size = await load_head(self._objects, job, self._header_bytes)
+        try:
+            geometry = probe_image(head, job.kind)
+        except PreprocessingError as exc:
+            raise JobFailed(describe(exc)) from exc
+        cost = decode_cost_bytes(geometry, size)
+        if cost > self._decode_budget_bytes:
+            raise DecodeRefused(
+                f"decoding {job.object_key} ({geometry.describe()}, {size} bytes stored) would"
+                f" need about {cost} bytes, more than the batch decode budget of"
+                f" {self._decode_budget_bytes} (MEDMESH_INFER_BATCH_DECODE_BUDGET_BYTES)"
+            )
+        return head, size, cost
 
     async def _prepare(
-        self, delivery: Delivery, model: Model, spec: ImageSpec
+        self, delivery: Delivery, model: Model, spec: ImageSpec, budget: DecodeBudget
     ) -> tuple[PreparedImage, bytes, float, str]:
         job = delivery.job
-        data = await load_file(self._objects, job)
-        try:
-            prepared, png, elapsed_ms = await asyncio.to_thread(_timed_prepare, data, job, spec)
-        except ValueError as exc:  # PreprocessingError and bad specs
-            raise JobFailed(describe(exc)) from exc
+        head, size, cost = await self._admit(delivery)
+        async with budget.hold(cost):
+            data = head if len(head) >= size else await load_file(self._objects, job)
+            del head
+            try:
+                prepared, png, elapsed_ms = await asyncio.to_thread(
+                    _timed_prepare, data, job, spec
+                )
+            except ValueError as exc:  # PreprocessingError and bad specs
+                raise JobFailed(describe(exc)) from exc
+            finally:
+                del data
         metrics.PREPROCESS_SECONDS.labels("image").observe(elapsed_ms / 1000.0)
         key = f"{job.clinic_id}/{job.study_id}/{job.file_id}/{model.name}-v{delivery.version}.png"
         return prepared, png, elapsed_ms, key
@@ -195,8 +275,9 @@ class ImagePipeline:
         the batch's critical path, and a job whose upload fails fails alone, as before."""
         registered = model.version(version)
         spec = image_spec(registered.input_spec)
+        budget = self.last_budget = DecodeBudget(self._decode_budget_bytes)
         prepared = await asyncio.gather(
-            *(self._prepare(d, model, spec) for d in deliveries), return_exceptions=True
+            *(self._prepare(d, model, spec, budget) for d in deliveries), return_exceptions=True
         )
         outcomes: list[Outcome] = []
         ready: list[tuple[Delivery, _Prepared]] = []
@@ -204,7 +285,8 @@ class ImagePipeline:
             if isinstance(item, BaseException):
                 if not isinstance(item, Exception):
                     raise item
-                outcomes.append(Outcome(delivery, error=describe(item)))
+                permanent = isinstance(item, JobFailed) and item.permanent
+                outcomes.append(Outcome(delivery, error=describe(item), permanent=permanent))
             else:
                 ready.append((delivery, item))
         if not ready:

@@ -8,22 +8,37 @@ exactly what the model saw.
 
 `IMAGE_PREPROCESSING_VERSION` is stored with every result; change it whenever the code here
 changes what a model receives, so results made by different preprocessing can be told apart.
+
+Memory is bounded before anything is decoded: `probe_image` reads what a decoder would
+allocate from the header (medmesh.image_headers, as ingest does) and `decode_cost_bytes`
+turns it into the peak this module holds for the file: the file, one decoded frame (a
+multi-frame DICOM decodes only its middle frame), 8-bit working images, and float work done
+in blocks of rows (`_BLOCK_ELEMENTS`), never on a whole image at once. The worker checks that
+peak against its per-batch budget before decoding (pipeline.py).
 """
 
 from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import pydicom
-import pydicom.errors
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_rescale
+from pydicom.pixels import apply_rescale, pixel_array
 
 from gen.medmesh.common.v1 import FileKind
+from medmesh.image_headers import (
+    HeaderError,
+    ImageGeometry,
+    dicom_geometry,
+    jpeg_geometry,
+    png_header,
+    read_dicom_header,
+)
 
 IMAGE_PREPROCESSING_VERSION = "img-opencv-v1"
 """Decode → 8-bit → gray replicated to 3 channels → INTER_AREA/LINEAR resize → normalise."""
@@ -34,6 +49,11 @@ _IMAGE_KINDS = frozenset(
 # Pixel budget for a decoded image (a 16k x 16k scan); larger files are refused, not resized,
 # because decoding them alone would take gigabytes.
 MAX_PIXELS = 16384 * 16384
+# Float work (scaling to 8 bits, DICOM rescale and windowing) runs on blocks of rows of about
+# this many samples: a float64 temporary is at most 8 MiB, whatever the image size.
+_BLOCK_ELEMENTS = 1 << 20
+# What the blocked float work may hold at once (a few float64 temporaries of one block).
+BLOCK_WORK_BYTES = 64 * 1024 * 1024
 _PNG_PARAMS = [
     cv2.IMWRITE_PNG_COMPRESSION,
     1,
@@ -83,6 +103,37 @@ class PreparedImage:
     """uint8 [height, width, 3], RGB: what is stored in `medical-images-processed`."""
     source_shape: tuple[int, ...] = ()
     """Shape of the decoded pixels before resizing (rows, columns[, channels])."""
+
+
+def probe_image(head: bytes, kind: FileKind) -> ImageGeometry:
+    """What decoding the file whose first bytes are `head` would allocate, from its header
+    alone; raises PreprocessingError when the header is not readable (or not all in `head`)."""
+    try:
+        if kind == FileKind.IMAGE_PNG:
+            return png_header(head).geometry
+        if kind == FileKind.IMAGE_JPEG:
+            geometry = jpeg_geometry(head)
+            if geometry is None:
+                raise PreprocessingError(f"no JPEG frame header in the first {len(head)} bytes")
+            return geometry
+        if kind == FileKind.IMAGE_DICOM:
+            return dicom_geometry(read_dicom_header(head))
+    except HeaderError as exc:
+        raise PreprocessingError(f"unreadable image header: {exc}") from None
+    raise PreprocessingError(f"file kind {kind.name} is not an image")
+
+
+def decode_cost_bytes(geometry: ImageGeometry, file_bytes: int) -> int:
+    """The most memory `prepare_image` holds for one file: the file itself, two copies of a
+    decoded frame (the decoder's, and a colour conversion or 8-bit scaling of it), two 8-bit
+    four-channel working images, and the blocked float work."""
+    working = geometry.width * geometry.height * 4
+    return file_bytes + 2 * geometry.frame_bytes + 2 * working + BLOCK_WORK_BYTES
+
+
+def _row_blocks(rows: int, row_elements: int) -> range:
+    """Start rows of blocks of about _BLOCK_ELEMENTS samples."""
+    return range(0, rows, max(1, _BLOCK_ELEMENTS // max(row_elements, 1)))
 
 
 def is_image_kind(kind: FileKind) -> bool:
@@ -142,18 +193,20 @@ def decode_dicom(data: bytes) -> np.ndarray:
     Rescale slope/intercept map stored values to physical units (e.g. Hounsfield); the
     window (center/width from the file, else the image's own range) then maps those units to
     0..255. MONOCHROME1 (white = low values) is inverted so that every output has the usual
-    polarity. Multi-frame files use their middle frame.
+    polarity. Multi-frame files use their middle frame, and only that frame is decoded.
     """
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=False)
-        raw = dataset.pixel_array
-    except (pydicom.errors.InvalidDicomError, AttributeError, KeyError, ValueError) as exc:
-        raise PreprocessingError(f"not a readable DICOM image: {exc}") from exc
+        header = read_dicom_header(data)  # refuses deflated data sets before inflating
+        frames = dicom_geometry(header).frames
+    except HeaderError as exc:
+        raise PreprocessingError(f"not a readable DICOM image: {exc}") from None
+    try:
+        dataset = pydicom.Dataset()
+        raw = pixel_array(io.BytesIO(data), index=frames // 2, ds_out=dataset)
     except (NotImplementedError, RuntimeError) as exc:  # compressed without a decoder plugin
         raise PreprocessingError(f"DICOM pixel data cannot be decoded here: {exc}") from exc
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raw = raw[frames // 2]
+    except Exception as exc:  # untrusted bytes: any decoder failure is a bad file
+        raise PreprocessingError(f"not a readable DICOM image: {exc}") from exc
     photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2"))
     if raw.ndim == 3:
         if photometric not in {"RGB", "YBR_FULL", "YBR_FULL_422"}:
@@ -162,21 +215,47 @@ def decode_dicom(data: bytes) -> np.ndarray:
         rgb = np.ascontiguousarray(raw)
         return cv2.cvtColor(to_rgb8(rgb), cv2.COLOR_RGB2BGR)
     _check_size(raw)
-    values = apply_rescale(raw, dataset).astype(np.float64)
-    center, width = window_of(dataset, values)
-    gray = window(values, center, width)
-    if photometric == "MONOCHROME1":
-        gray = 255 - gray
+    return _window_blocks(raw, dataset, inverted=photometric == "MONOCHROME1")
+
+
+def _window_blocks(raw: np.ndarray, dataset: pydicom.Dataset, *, inverted: bool) -> np.ndarray:
+    """Rescale and window a 2-D frame block by block of rows: the same values as doing it
+    on the whole frame (every step is per pixel), with float64 temporaries of one block."""
+    blocks = _row_blocks(raw.shape[0], raw.shape[1])
+    step = blocks.step
+
+    def values(start: int) -> np.ndarray:
+        return apply_rescale(raw[start : start + step], dataset).astype(np.float64)
+
+    def value_range() -> tuple[float, float]:
+        low, high = np.inf, -np.inf
+        for start in blocks:
+            block = values(start)
+            low, high = min(low, float(block.min())), max(high, float(block.max()))
+        return low, high
+
+    center, width = window_of(dataset, value_range)
+    gray = np.empty(raw.shape, dtype=np.uint8)
+    for start in blocks:
+        gray[start : start + step] = window(values(start), center, width)
+    if inverted:
+        np.subtract(255, gray, out=gray)
     return gray
 
 
-def window_of(dataset: pydicom.Dataset, values: np.ndarray) -> tuple[float, float]:
-    """The VOI window to use: the file's first WindowCenter/WindowWidth, else min..max."""
+def window_of(
+    dataset: pydicom.Dataset, values: np.ndarray | Callable[[], tuple[float, float]]
+) -> tuple[float, float]:
+    """The VOI window to use: the file's first WindowCenter/WindowWidth, else the values'
+    min..max (`values` may be a function returning that range, computed only if needed)."""
     center = _first_number(getattr(dataset, "WindowCenter", None))
     width = _first_number(getattr(dataset, "WindowWidth", None))
     if center is not None and width is not None and width >= 1:
         return center, width
-    low, high = float(values.min()), float(values.max())
+    if callable(values):
+        low, high = values()
+    else:
+        low, high = float(values.min()), float(values.max())
     return (low + high) / 2, max(high - low, 1.0)
 
 
@@ -221,11 +300,19 @@ def to_rgb8(pixels: np.ndarray) -> np.ndarray:
 
 
 def _scale_to_uint8(image: np.ndarray) -> np.ndarray:
-    values = image.astype(np.float64)
-    low, high = float(values.min()), float(values.max())
+    """The image's own range stretched to 0..255, in float64 as before, block by block of
+    rows (per pixel, so the same values) so that a 16-bit RGBA scan never exists as float64."""
+    low, high = float(image.min()), float(image.max())
+    out = np.zeros(image.shape, dtype=np.uint8)
     if high <= low:
-        return np.zeros(image.shape, dtype=np.uint8)
-    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+        return out
+    scale = 255.0 / (high - low)
+    row_elements = int(np.prod(image.shape[1:])) if image.ndim > 1 else 1
+    blocks = _row_blocks(image.shape[0], row_elements)
+    for start in blocks:
+        block = image[start : start + blocks.step].astype(np.float64)
+        out[start : start + blocks.step] = np.rint((block - low) * scale)
+    return out
 
 
 def resize(rgb8: np.ndarray, height: int, width: int) -> np.ndarray:

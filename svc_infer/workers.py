@@ -201,7 +201,7 @@ class JobConsumer:
         for outcome in outcomes:
             try:
                 if outcome.error:
-                    await self._fail(outcome.delivery, outcome.error)
+                    await self._fail(outcome.delivery, outcome.error, final=outcome.permanent)
                 else:
                     await outcome.delivery.msg.ack()
             except Exception as exc:  # noqa: BLE001 - JetStream redelivers after ack_wait
@@ -209,7 +209,9 @@ class JobConsumer:
                     "consumer.settle_failed", job=outcome.delivery.job.job_id, error=str(exc)
                 )
 
-    async def _fail(self, delivery: Delivery, error: str) -> None:
+    async def _fail(self, delivery: Delivery, error: str, *, final: bool = False) -> None:
+        """Count the failure; retry later, or dead-letter after the last attempt (at once when
+        `final`: e.g. an image over the decode budget, which no retry can shrink)."""
         metrics.JOB_FAILURES.labels(self.spec.durable).inc()
         first_failure: datetime | None = None
         try:
@@ -226,7 +228,7 @@ class JobConsumer:
             attempt=delivery.attempt,
             error=error,
         )
-        if delivery.attempt >= self.spec.max_deliver:
+        if final or delivery.attempt >= self.spec.max_deliver:
             await self._dead_letter(delivery.msg, delivery.job, error, first_failure)
             return
         delays = self._config.retry_backoff_s
