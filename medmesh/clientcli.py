@@ -176,6 +176,8 @@ async def _login(
 ) -> int:
     previous = store.load()
     address = _address(args, environ, previous)
+    if Path(address).is_file():  # a status file: later runs may start in another folder
+        address = str(Path(address).resolve())
     tls = _tls(args, environ, previous)
     email = args.email or input("e-mail: ").strip()
     if args.password_stdin:

@@ -360,14 +360,19 @@ class MedmeshClient:
         partial = target.with_name(target.name + ".part")
         digest, expected, total, done = hashlib.sha256(), "", report.size_bytes, 0
         request = DownloadReportRequest(name=report.name)
-        with partial.open("wb") as out:
-            async for message in self._caller.server_stream(REPORT, "download_report", request):
-                if message.sha256:
-                    expected, total = message.sha256, message.size_bytes or total
-                digest.update(message.chunk)
-                out.write(message.chunk)
-                done += len(message.chunk)
-                progress(done, total)
+        try:
+            with partial.open("wb") as out:
+                stream = self._caller.server_stream(REPORT, "download_report", request)
+                async for message in stream:
+                    if message.sha256:
+                        expected, total = message.sha256, message.size_bytes or total
+                    digest.update(message.chunk)
+                    out.write(message.chunk)
+                    done += len(message.chunk)
+                    progress(done, total)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         if expected and digest.hexdigest() != expected:
             partial.unlink()
             raise ChecksumMismatch(f"{report.name}: downloaded bytes differ from {expected}")
