@@ -223,6 +223,45 @@ async def test_a_file_download_url_returns_the_uploaded_bytes_and_is_audited_onc
     ]
 
 
+@pytest.mark.parametrize(
+    ("roles", "allowed"),
+    [
+        (("admin",), True),
+        (("clinician",), True),
+        (("technician",), True),
+        (("viewer",), True),
+        (("service",), True),
+        ((), False),  # an account with no role yet (not approved): nothing
+    ],
+)
+async def test_the_file_download_url_follows_the_role_table_and_refusals_are_audited(
+    ingest: Ingest, roles: tuple[str, ...], allowed: bool
+) -> None:
+    study, file, _ = await _study_with_png(ingest)
+    call = ingest.stub.get_file_download_url(
+        GetFileDownloadUrlRequest(name=file.name), metadata=ingest.auth(roles=roles, user="u-r")
+    )
+    if allowed:
+        assert (await call).url
+        assert [r[3] for r in _audit_rows(ingest, "actor_user_id = 'u-r'")] == [
+            "study.file.download_url"
+        ]
+        return
+    error = await _rpc_error(call)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _audit_rows(ingest, "actor_user_id = 'u-r'") == [
+        (
+            OWNER,
+            "u-r",
+            [],
+            "access.denied",
+            file.name,
+            None,
+            {"rpc": "GetFileDownloadUrl", "code": "PERMISSION_DENIED"},
+        )
+    ]
+
+
 async def test_a_file_download_url_of_a_pending_upload_is_a_failed_precondition(
     ingest: Ingest,
 ) -> None:
