@@ -1041,6 +1041,27 @@ class TextAnalysis(betterproto2.Message):
     summary is a short extractive summary of the note.
     """
 
+    language: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    language is the detected language of the note as an ISO 639-1 code (e.g. `en`, `ru`),
+    or `und` when the note is too short or mixed to tell.
+    """
+
+    model_languages: "list[str]" = betterproto2.field(
+        5, betterproto2.TYPE_STRING, repeated=True
+    )
+    """
+    model_languages are the languages the model version declares it understands (its model
+    card), ISO 639-1 codes; empty when the card declares none.
+    """
+
+    outside_model_languages: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    """
+    outside_model_languages is true when a substantial part of the note is in a language
+    (or a script) outside model_languages: the findings and urgency are then unreliable and
+    clients must say so next to them.
+    """
+
 
 default_message_pool.register_message("medmesh.infer.v1", "TextAnalysis", TextAnalysis)
 
