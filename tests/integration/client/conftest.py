@@ -71,8 +71,15 @@ async def auth_address(
 
 
 @pytest.fixture
+def ingest_env() -> dict[str, str]:
+    """MEDMESH_INGEST_* overrides for this test's svc_ingest (override to change)."""
+    return {}
+
+
+@pytest.fixture
 async def mesh(
     auth_address: tuple[str, Settings],
+    ingest_env: dict[str, str],
     database_url: str,
     nats_url: str,
     s3_url: str,
@@ -93,6 +100,7 @@ async def mesh(
         ready_file=tmp_path / "ingest.json",
         metrics_addr="",
         grace_period_s=1,
+        extra=ingest_env,
     )
     async with served(settings, ingest_setup, migrations=service_migrations("ingest")) as ready:
         yield Mesh(auth=auth, ingest=ready["grpc"], auth_settings=auth_settings)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psycopg
 import pytest
 from conftest import ADMIN_EMAIL, CLINIC, Mesh
 
@@ -61,6 +62,30 @@ async def test_a_file_uploads_with_its_sha256_and_name_by_either_route(
         (name, hashlib.sha256(data).hexdigest())
     ]
     assert stored.files[0].status != FileStatus.PENDING_UPLOAD
+
+
+@pytest.mark.parametrize("ingest_env", [{"MEDMESH_INGEST_MAX_STREAM_BYTES": "65536"}])
+async def test_a_file_over_the_servers_streaming_limit_goes_through_a_presigned_url(
+    client: MedmeshClient, tmp_path: Path, database_url: str
+) -> None:
+    data = png_bytes(400)
+    assert len(data) > 65536
+    path = tmp_path / "over-the-limit.png"
+    path.write_bytes(data)
+    study = await client.create_study("P-sdk-6")
+
+    uploaded = await client.upload_file(study, path)  # the client's own threshold is 32 MiB
+
+    assert uploaded.file.sha256 == hashlib.sha256(data).hexdigest()
+    with psycopg.connect(database_url) as conn:
+        actions = [
+            action
+            for (action,) in conn.execute(
+                "SELECT action FROM audit.events WHERE study_id = %s ORDER BY id",
+                [study.study_id],
+            )
+        ]
+    assert "study.file.announce" in actions  # CreateUploadUrl: the presigned route
 
 
 async def test_the_same_bytes_uploaded_twice_are_stored_once(

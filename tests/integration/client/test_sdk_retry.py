@@ -18,9 +18,11 @@ from grpc_status import rpc_status
 from support.serving import served
 
 from gen.medmesh.auth.v1 import LoginRequest, LoginResponse
+from gen.medmesh.common.v1 import StudyStatus
+from gen.medmesh.ingest.v1 import WatchStudyRequest, WatchStudyResponse
 from medmesh import errors
 from medmesh.auth import StaticJwks, TokenVerifier
-from medmesh.client import Endpoints, MedmeshClient, RetryPolicy
+from medmesh.client import Endpoints, MedmeshClient, RetryPolicy, Tokens
 from medmesh.identity import PUBLIC
 from medmesh.runtime import ServiceParts
 from medmesh.settings import Settings
@@ -43,6 +45,9 @@ def unavailable(retry_after_s: float | None) -> status_pb2.Status:
 class ScriptedAuth:
     """Login fails with the next scripted failure while there is one, then succeeds."""
 
+    SERVICE = AUTH
+    RPCS = ("Login",)
+
     def __init__(self, failures: list[Any]) -> None:
         self.failures = list(failures)
         self.calls: list[float] = []
@@ -61,17 +66,15 @@ class ScriptedAuth:
 
 @pytest.fixture
 def scripted(tmp_path: Path) -> Any:
-    """`async with scripted(failures) as (address, servicer)`: the scripted server, served
-    by medmesh's runtime in this process."""
+    """`async with scripted(servicer) as (address, servicer)`: a scripted servicer of
+    `servicer.SERVICE`, served by medmesh's runtime in this process; its RPCs are public."""
 
     @asynccontextmanager
-    async def start(failures: list[Any]) -> AsyncIterator[tuple[str, ScriptedAuth]]:
-        servicer = ScriptedAuth(failures)
-
+    async def start(servicer: Any) -> AsyncIterator[tuple[str, Any]]:
         async def setup(_settings: Settings, _stack: AsyncExitStack) -> ServiceParts:
             return ServiceParts(
-                servicers={AUTH: servicer},
-                role_rules={AUTH: {"Login": PUBLIC}},
+                servicers={servicer.SERVICE: servicer},
+                role_rules={servicer.SERVICE: dict.fromkeys(servicer.RPCS, PUBLIC)},
                 verifier=TokenVerifier(
                     StaticJwks({"keys": []}), issuer="medmesh", audience="medmesh"
                 ),
@@ -117,7 +120,7 @@ POLICY = RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2, max_
 async def test_retries_follow_the_status_and_the_servers_retry_info(
     scripted: Any, failures: list[Any], calls: int, min_gap_s: float, outcome: str
 ) -> None:
-    async with scripted(failures) as (address, servicer):
+    async with scripted(ScriptedAuth(failures)) as (address, servicer):
         async with MedmeshClient(address, retry=POLICY) as client:
             if outcome == "OK":
                 response = await client.login("someone@clinic.example", "pw")
@@ -159,3 +162,35 @@ async def test_a_sign_in_throttled_by_svc_auth_waits_the_delay_it_sends_and_succ
         waited = time.monotonic() - started
     assert response.user.email == ADMIN_EMAIL
     assert 0.2 < waited < 5, waited
+
+
+class ScriptedWatch:
+    """WatchStudy: the first stream sends CREATED and breaks (UNAVAILABLE, as when svc_ingest
+    restarts); the next one sends the then current state, REPORT_READY, and ends."""
+
+    SERVICE = "medmesh.ingest.v1.IngestService"
+    RPCS = ("WatchStudy",)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def watch_study(self, request: WatchStudyRequest, context: Any) -> Any:
+        """See the class docstring."""
+        self.calls += 1
+        if self.calls == 1:
+            yield WatchStudyResponse(study=request.name, status=StudyStatus.CREATED)
+            await context.abort_with_status(rpc_status.to_status(unavailable(None)))
+        yield WatchStudyResponse(study=request.name, status=StudyStatus.REPORT_READY)
+
+
+async def test_a_watch_broken_by_unavailable_is_watched_again_from_the_current_state(
+    scripted: Any,
+) -> None:
+    session = Tokens("access", "refresh", time.time() + 900, 0.0, 900)
+    async with (
+        scripted(ScriptedWatch()) as (address, servicer),
+        MedmeshClient(address, tokens=session, retry=POLICY) as client,
+    ):
+        statuses = [event.status async for event in client.watch_study("s1")]
+    assert statuses == [StudyStatus.CREATED, StudyStatus.REPORT_READY]
+    assert servicer.calls == 2
