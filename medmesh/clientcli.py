@@ -63,9 +63,7 @@ def add_client_commands(commands: Any) -> None:
 
     login = commands.add_parser("login", parents=[server], help="sign in; stores the session")
     login.add_argument("--email", help="account e-mail (asked when not given)")
-    login.add_argument(
-        "--password-stdin", action="store_true", help="read the password from stdin"
-    )
+    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     commands.add_parser("logout", parents=[server], help="end the session; forget the tokens")
 
     study = commands.add_parser("study", help="studies")

@@ -77,9 +77,7 @@ class Endpoints:
 class Channels:
     """One grpc.aio channel per distinct address, plaintext or TLS, closed together."""
 
-    def __init__(
-        self, *, tls: bool = False, root_certificates: bytes | None = None
-    ) -> None:
+    def __init__(self, *, tls: bool = False, root_certificates: bytes | None = None) -> None:
         self._credentials = (
             grpc.ssl_channel_credentials(root_certificates=root_certificates) if tls else None
         )

@@ -30,7 +30,9 @@ def test_an_address_spec_names_the_server_of_each_service(
 
 def test_the_status_file_of_medmesh_up_is_an_address(tmp_path: Path) -> None:
     path = tmp_path / "status.json"
-    path.write_text(json.dumps({"auth": "127.0.0.1:1", "ingest": "127.0.0.1:2", "edge": "http://x"}))
+    path.write_text(
+        json.dumps({"auth": "127.0.0.1:1", "ingest": "127.0.0.1:2", "edge": "http://x"})
+    )
     endpoints = Endpoints.parse(str(path))
     assert endpoints.address_for(INGEST) == "127.0.0.1:2"
     assert "edge" not in endpoints.by_area

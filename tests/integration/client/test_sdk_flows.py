@@ -38,7 +38,11 @@ def png_bytes(size: int = 96, seed: int = 0) -> bytes:
     ],
 )
 async def test_a_file_uploads_with_its_sha256_and_name_by_either_route(
-    mesh: Mesh, client: MedmeshClient, tmp_path: Path, name: str, presigned_above_bytes: int,
+    mesh: Mesh,
+    client: MedmeshClient,
+    tmp_path: Path,
+    name: str,
+    presigned_above_bytes: int,
     pixels: int,
 ) -> None:
     data = png_bytes(pixels)
