@@ -12,7 +12,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from support.infer import InferHarness, png_bytes
+from support.infer import CLINIC, OTHER_CLINIC, InferHarness, png_bytes
 
 from gen.medmesh.common.v1 import AnalysisKind, FileKind
 from gen.medmesh.infer.v1 import (
@@ -27,6 +27,7 @@ from gen.medmesh.infer.v1 import (
     TrafficArm,
     TrafficWeight,
 )
+from medmesh.contract import snake_case
 from medmesh.db import Database
 from medmesh.objects import ML_MODELS
 from svc_infer.models.artifacts import upload_model_version
@@ -192,25 +193,64 @@ async def test_registering_a_version_needs_its_saved_model_in_the_bucket(
     assert model.model.stable_version == 0  # registered versions get no traffic by themselves
 
 
+REGISTRY_CHANGES = {
+    "RegisterModelVersion": lambda: RegisterModelVersionRequest(parent="models/nothing-here"),
+    "SetTrafficSplit": lambda: SetTrafficSplitRequest(name="models/nothing-here"),
+    "PromoteModelVersion": lambda: PromoteModelVersionRequest(
+        name="models/nothing-here", version=1
+    ),
+    "RollbackModel": lambda: RollbackModelRequest(name="models/nothing-here"),
+}
+
+
 @pytest.mark.parametrize(
-    ("role", "code"),
+    ("clinic", "role", "allowed"),
     [
-        ("clinician", grpc.StatusCode.PERMISSION_DENIED),
-        ("technician", grpc.StatusCode.PERMISSION_DENIED),
-        ("viewer", grpc.StatusCode.PERMISSION_DENIED),
-        ("admin", grpc.StatusCode.NOT_FOUND),
-        ("service", grpc.StatusCode.NOT_FOUND),
+        (CLINIC, "admin", True),  # clinic-a is the operator clinic (conftest)
+        (CLINIC, "service", True),  # the operator's model build pipeline
+        (CLINIC, "clinician", False),
+        (CLINIC, "technician", False),
+        (CLINIC, "viewer", False),
+        (OTHER_CLINIC, "admin", False),  # a clinic's admin cannot change what serves all
+        (OTHER_CLINIC, "service", False),
     ],
 )
-async def test_only_admins_and_services_may_change_the_registry(
-    infer: InferHarness, role: str, code: grpc.StatusCode
+@pytest.mark.parametrize("rpc", list(REGISTRY_CHANGES))
+async def test_only_the_operator_clinics_admins_and_services_may_change_the_registry(
+    infer: InferHarness, rpc: str, clinic: str, role: str, allowed: bool
 ) -> None:
+    call = getattr(infer.registry, snake_case(rpc))
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await infer.registry.promote_model_version(
-            PromoteModelVersionRequest(name="models/nothing-here", version=1),
-            metadata=infer.metadata(roles=(role,)),
+        await call(
+            REGISTRY_CHANGES[rpc](), metadata=infer.metadata(clinic_id=clinic, roles=(role,))
         )
-    assert failure.value.code() == code
+    if allowed:  # reaches the registry, which finds nothing to change
+        assert failure.value.code() in {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT}
+    else:
+        assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_registry_change_is_audited_under_the_operator_clinic(infer: InferHarness) -> None:
+    await bootstrapped(infer)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await infer.registry.promote_model_version(
+            PromoteModelVersionRequest(name=RESNET, version=1), metadata=infer.admin(OTHER_CLINIC)
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    await infer.registry.promote_model_version(
+        PromoteModelVersionRequest(name=RESNET, version=1),
+        metadata=infer.metadata(clinic_id=CLINIC, roles=("admin",)),
+    )
+    rows = await infer.query(
+        "SELECT clinic_id, action FROM audit.events WHERE resource = %s AND clinic_id <> %s "
+        "ORDER BY id",
+        (RESNET, "system"),
+    )
+    # The refused attempt is on record in the caller's clinic; the change in the operator's.
+    assert [(r["clinic_id"], r["action"]) for r in rows] == [
+        (OTHER_CLINIC, "access.denied"),
+        (CLINIC, "model.promote"),
+    ]
 
 
 @pytest.mark.parametrize(
