@@ -60,6 +60,7 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
         database,
         SmtpEndpoint.parse(settings.smtp_url) if settings.smtp_url else None,
         sender=config.mail_from,
+        subject=config.mail_subject,
         public_url=config.public_url,
     )
     results = ResultSource(database, redis, namespace=settings.subject_root)
