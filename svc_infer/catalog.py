@@ -24,7 +24,7 @@ from svc_infer.models.card import (
     TEXT_INPUT_IDS,
     ModelCard,
 )
-from svc_infer.models.text import load_tokenizer
+from svc_infer.models.text import MINILM_LANGUAGES, load_tokenizer
 from svc_infer.postprocess import LabelSet
 from svc_infer.preprocess import IMAGE_PREPROCESSING_VERSION, ImageSpec
 from svc_infer.registry import InputSpec
@@ -46,6 +46,8 @@ class TextAssets:
     tokenizer: Tokenizer
     findings: LabelSet
     urgency: LabelSet
+    languages: tuple[str, ...] = MINILM_LANGUAGES
+    """The card's declared languages (cards from before the declaration: MiniLM's, `en`)."""
 
 
 def image_spec(spec: InputSpec) -> ImageSpec:
@@ -156,6 +158,7 @@ class ModelCatalog:
                 tokenizer=load_tokenizer(tokenizer_json, card.max_sequence_length or 256),
                 findings=LabelSet(findings.keys, findings.embedding_matrix()),
                 urgency=LabelSet(urgency.keys, urgency.embedding_matrix()),
+                languages=card.languages or MINILM_LANGUAGES,
             )
         return self._text[key]
 

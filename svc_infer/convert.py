@@ -72,6 +72,9 @@ def result_to_proto(stored: StoredResult) -> Result:
             findings=[_label(x) for x in analysis["findings"]],
             urgency=_label(analysis["urgency"]),
             summary=str(analysis.get("summary", "")),
+            language=str(analysis.get("language", "")),
+            model_languages=[str(code) for code in analysis.get("model_languages", ())],
+            outside_model_languages=bool(analysis.get("outside_model_languages", False)),
         )
     return message
 

@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -35,6 +35,7 @@ from medmesh.objects import LOGICAL_BUCKETS, PROCESSED_IMAGES, RAW_IMAGES, Objec
 from svc_infer import metrics
 from svc_infer.budget import DecodeBudget
 from svc_infer.catalog import ModelCatalog, image_spec, text_attention_input
+from svc_infer.language import detect_note_language
 from svc_infer.models.text import encode
 from svc_infer.postprocess import analyse_text, classify_image
 from svc_infer.preprocess import (
@@ -400,6 +401,15 @@ class TextPipeline:
             note, sentences = embeddings[offset], embeddings[offset + 1 : offset + len(note_rows)]
             offset += len(note_rows)
             analysis = analyse_text(note, note_rows[1:], sentences, assets.findings, assets.urgency)
+            language = await asyncio.to_thread(
+                detect_note_language, note_rows[0], assets.languages
+            )
+            analysis = replace(
+                analysis,
+                language=language.language,
+                model_languages=language.model_languages,
+                outside_model_languages=language.outside_model_languages,
+            )
             metrics.PREPROCESS_SECONDS.labels("text").observe((preprocess_ms + tokenize_ms) / 1e3)
             draft = _draft(
                 delivery,

@@ -61,6 +61,11 @@ class TextFindings:
     findings: tuple[ScoredLabel, ...]
     urgency: ScoredLabel
     summary: str
+    language: str = ""
+    """The note's language (svc_infer.language); empty when it was not judged."""
+    model_languages: tuple[str, ...] = ()
+    outside_model_languages: bool = False
+    """True when the findings come from a model that does not read the note's language."""
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

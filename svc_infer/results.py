@@ -93,4 +93,7 @@ def text_analysis(findings: TextFindings) -> dict[str, Any]:
         "findings": _scored(findings.findings),
         "urgency": _scored([findings.urgency])[0],
         "summary": findings.summary,
+        "language": findings.language,
+        "model_languages": list(findings.model_languages),
+        "outside_model_languages": findings.outside_model_languages,
     }

@@ -38,7 +38,11 @@ class ReportConfig:
     thumbnail_px: int = 160
     """MEDMESH_REPORT_THUMBNAIL_PX: the longest side of a processed-image thumbnail."""
     mail_from: str = "medmesh <reports@medmesh.local>"
-    """MEDMESH_REPORT_MAIL_FROM: the From header of "report ready" mails."""
+    """MEDMESH_REPORT_MAIL_FROM: the From header of "report ready" mails (any language: a
+    non-ASCII display name is encoded per RFC 2047)."""
+    mail_subject: str = "medmesh: a diagnostic report is ready"
+    """MEDMESH_REPORT_MAIL_SUBJECT: the fixed Subject of "report ready" mails, e.g. in the
+    clinic's language (RFC 2047-encoded when not ASCII); never patient data."""
     public_url: str = ""
     """MEDMESH_REPORT_PUBLIC_URL: base of the web app, for the link in mails; empty: no link."""
 

@@ -28,7 +28,7 @@ from typing import Any
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from svc_report.model import AnalysisResult, Score, Study
-from svc_report.render import AI_NOTICE
+from svc_report.render import AI_NOTICE, language_warnings
 
 REPORT_SYSTEM = "urn:medmesh:report"
 STUDY_SYSTEM = "urn:medmesh:study"
@@ -85,9 +85,11 @@ def conclusion_text(results: Sequence[AnalysisResult]) -> str:
             parts.append(
                 f"{top.label} ({top.score:.3f}; {result.model_name} v{result.model_version})"
             )
+    warnings = " ".join(dict.fromkeys(w for r in results for w in language_warnings(r)))
+    tail = f" {warnings}" if warnings else ""
     if not parts:
-        return f"{AI_NOTICE} The models reported no findings."
-    return f"{AI_NOTICE} Top findings: " + "; ".join(parts) + "."
+        return f"{AI_NOTICE} The models reported no findings.{tail}"
+    return f"{AI_NOTICE} Top findings: " + "; ".join(parts) + "." + tail
 
 
 def build_diagnostic_report(

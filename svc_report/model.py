@@ -62,6 +62,12 @@ class AnalysisResult:
     findings: tuple[Score, ...] = ()
     urgency: Score | None = None
     summary: str = ""
+    language: str = ""
+    """The note's detected language (ISO 639-1, `und`); empty for images and older results."""
+    model_languages: tuple[str, ...] = ()
+    """The languages the model's card declares."""
+    outside_model_languages: bool = False
+    """The note is in a language the model does not understand: findings are unreliable."""
     processed_key: str = ""
     source: str = "postgres"
     """Where it was read from (`redis` or `postgres`), for logs and tests."""

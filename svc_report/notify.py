@@ -50,12 +50,14 @@ class ReportNotifier:
         endpoint: SmtpEndpoint | None,
         *,
         sender: str,
+        subject: str = SUBJECT,
         public_url: str = "",
         quick_retries: int = 3,
     ) -> None:
         self._database = database
         self._endpoint = endpoint
         self._sender = sender
+        self._subject = subject
         self._public_url = public_url.rstrip("/")
         self._quick_retries = quick_retries
 
@@ -99,7 +101,7 @@ class ReportNotifier:
         messages = []
         for recipient in recipients:
             text, html = self.render(report, recipient)
-            messages.append(compose(self._sender, recipient, SUBJECT, text, html))
+            messages.append(compose(self._sender, recipient, self._subject, text, html))
         error = await self._send(messages)
         if error and error[0] and not last_attempt:
             return Retry(f"report-ready mail: {error[1]}")

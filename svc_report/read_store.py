@@ -79,6 +79,9 @@ def result_from_row(row: Mapping[str, Any]) -> AnalysisResult:
         findings=_scores(analysis.get("findings")),
         urgency=Score(str(urgency["label"]), float(urgency["score"])) if urgency else None,
         summary=str(analysis.get("summary", "")),
+        language=str(analysis.get("language", "")),
+        model_languages=tuple(str(c) for c in analysis.get("model_languages", ())),
+        outside_model_languages=bool(analysis.get("outside_model_languages", False)),
         processed_key=row["processed_key"],
     )
 

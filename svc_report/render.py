@@ -5,6 +5,13 @@ model produced (labels, summaries) is text to escape, never markup: the environm
 every variable, and nothing is marked safe. Thumbnails are embedded as `data:` URIs of PNGs
 we encode ourselves, so the HTML stands alone and the PDF renderer fetches nothing.
 
+Fonts: xhtml2pdf's built-in faces (Helvetica and the other PDF base-14 fonts) have no
+Cyrillic, Greek or most symbols, so a Russian note came out as black boxes. The PDF embeds
+DejaVu Sans (regular and bold, `svc_report/fonts/`, kept in the repository with its licence
+so a fresh machine and the service image need no system font package) through `@font-face`
+rules given to xhtml2pdf as part of its default style sheet: the stored HTML does not carry
+server file paths, and a browser showing it uses its own fonts from the same family list.
+
 Findings tables are split into tables of `table_rows` rows: xhtml2pdf lays out a table as one
 flowable and splits it across pages by re-measuring what is left, which grows faster than
 linearly with one very long table; many short tables keep the time linear (bench/bench_report).
@@ -17,16 +24,65 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import jinja2
 from PIL import Image
 from xhtml2pdf import pisa
+from xhtml2pdf.default import DEFAULT_CSS
 
 from gen.medmesh.common.v1 import AnalysisKind, FileKind
 from svc_report.model import AnalysisResult, Study, StudyFile
 
 AI_NOTICE = "AI-assisted result, to be reviewed by a clinician."
+
+# A note the text model cannot read (svc_infer flags it: TextAnalysis.outside_model_languages)
+# gets this warning next to its findings and at the top of the report, in English and, where
+# a translation exists, in the note's own language too.
+_LANGUAGE_WARNINGS = {
+    "en": (
+        "Note language ({language}) is outside the model's languages ({model}): "
+        "findings are unreliable.",
+        "undetermined",
+    ),
+    "ru": (
+        "Язык заметки ({language}) не входит в языки модели ({model}): "
+        "результаты ненадёжны.",
+        "не определён",
+    ),
+}
+
+
+def language_warnings(result: AnalysisResult) -> list[str]:
+    """The warnings a flagged note's result carries (none for a note the model reads)."""
+    if not result.outside_model_languages:
+        return []
+    code = result.language or "und"
+    model = ", ".join(result.model_languages) or "?"
+    warnings = []
+    for lang in dict.fromkeys(("en", code)):
+        if lang in _LANGUAGE_WARNINGS:
+            text, undetermined = _LANGUAGE_WARNINGS[lang]
+            shown = undetermined if code == "und" else code
+            warnings.append(text.format(language=shown, model=model))
+    return warnings
+
+
+FONT_DIR = Path(__file__).resolve().parent / "fonts"
+PDF_FONT_FAMILY = "DejaVu Sans"
+_PDF_FONT_FILES = {
+    "normal": FONT_DIR / "DejaVuSans.ttf",
+    "bold": FONT_DIR / "DejaVuSans-Bold.ttf",
+}
+_PDF_FONT_CSS = "".join(
+    f'@font-face {{ font-family: "{PDF_FONT_FAMILY}"; src: url("{path.as_uri()}"); '
+    f"font-weight: {weight}; }}\n"
+    for weight, path in _PDF_FONT_FILES.items()
+)
+_PDF_FONT_URIS = frozenset(path.as_uri() for path in _PDF_FONT_FILES.values()) | frozenset(
+    str(path) for path in _PDF_FONT_FILES.values()
+)
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("svc_report", "templates"),
@@ -113,6 +169,7 @@ def _result_context(result: AnalysisResult, table_rows: int) -> dict[str, Any]:
         "preprocessing": result.preprocessing_version,
         "create_time": _time(result.create_time),
         "summary": result.summary,
+        "language_warnings": language_warnings(result),
         "urgency": {"label": urgency.label, "score": f"{urgency.score:.3f}"} if urgency else None,
         "tables": _chunks(rows, table_rows),
     }
@@ -155,8 +212,10 @@ def report_context(facts: ReportFacts, *, table_rows: int) -> dict[str, Any]:
         }
     )
     study = facts.study
+    warnings = [w for r in facts.results for w in language_warnings(r)]
     return {
         "notice": AI_NOTICE,
+        "language_warnings": list(dict.fromkeys(warnings)),
         "report": {
             "report_id": facts.report_id,
             "version": facts.version,
@@ -183,9 +242,12 @@ def render_html(facts: ReportFacts, *, table_rows: int = 40) -> str:
 
 
 def _refuse_fetch(uri: str, rel: str | None = None) -> str:
-    """xhtml2pdf's link callback: the HTML embeds everything; never fetch a URL or a file."""
+    """xhtml2pdf's link callback: the HTML embeds everything; never fetch a URL or a file
+    other than the report's own fonts."""
     if uri.startswith("data:"):
         return uri
+    if uri in _PDF_FONT_URIS:
+        return uri.removeprefix("file://")
     raise RenderError(f"the report refers to an external resource: {uri[:80]!r}")
 
 
@@ -193,7 +255,12 @@ def render_pdf(html: str) -> bytes:
     """The PDF of `html`. CPU-bound (tens of ms per page): call it in a worker thread."""
     out = io.BytesIO()
     status = pisa.CreatePDF(
-        html, dest=out, encoding="utf-8", link_callback=_refuse_fetch, capacity=-1
+        html,
+        dest=out,
+        encoding="utf-8",
+        link_callback=_refuse_fetch,
+        capacity=-1,
+        default_css=DEFAULT_CSS + _PDF_FONT_CSS,
     )
     if status.err:
         raise RenderError(f"xhtml2pdf reported {status.err} error(s)")

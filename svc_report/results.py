@@ -53,6 +53,9 @@ def result_from_proto(message: Result) -> AnalysisResult:
         findings=tuple(Score(s.label, float(s.score)) for s in text.findings) if text else (),
         urgency=Score(urgency.label, float(urgency.score)) if urgency is not None else None,
         summary=text.summary if text is not None else "",
+        language=text.language if text is not None else "",
+        model_languages=tuple(text.model_languages) if text is not None else (),
+        outside_model_languages=bool(text.outside_model_languages) if text is not None else False,
         source="redis",
     )
 

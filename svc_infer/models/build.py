@@ -204,6 +204,7 @@ def build_minilm(
         },
         outputs={TEXT_OUTPUT: "float32 [batch, 384], mean-pooled, L2-normalised"},
         max_sequence_length=text.MAX_SEQUENCE_LENGTH,
+        languages=text.MINILM_LANGUAGES,
         text_label_sets=_label_sets(encoder, tokenizer_json, label_sets),
         build=_build_info(),
     )

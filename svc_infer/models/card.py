@@ -112,6 +112,9 @@ class ModelCard:
     image: ImagePreprocessing | None = None
     max_sequence_length: int = 0
     text_label_sets: tuple[TextLabelSet, ...] = ()
+    languages: tuple[str, ...] = ()
+    """ISO 639-1 codes of the languages a text model understands (all-MiniLM-L6-v2: `en`);
+    notes in other languages are analysed but flagged. Empty: not declared."""
     build: Mapping[str, str] = field(default_factory=dict)
 
     def text_labels(self, name: str) -> TextLabelSet:
@@ -147,6 +150,8 @@ class ModelCard:
             }
         if self.max_sequence_length:
             document["max_sequence_length"] = self.max_sequence_length
+        if self.languages:
+            document["languages"] = list(self.languages)
         if self.text_label_sets:
             document["text_label_sets"] = [
                 {
@@ -205,6 +210,7 @@ class ModelCard:
                 )
                 for entry in document.get("text_label_sets", ())
             ),
+            languages=tuple(str(code) for code in document.get("languages", ())),
             build=dict(document.get("build", {})),
         )
 

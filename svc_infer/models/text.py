@@ -20,6 +20,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 MAX_SEQUENCE_LENGTH = 256
+MINILM_LANGUAGES: tuple[str, ...] = ("en",)
+"""all-MiniLM-L6-v2 was trained on English sentence pairs only: what its model card declares.
+Cards written before cards declared languages are all builds of it, so readers assume this
+for a text card without `languages`."""
 
 FINDING_LABELS: tuple[tuple[str, str], ...] = (
     (

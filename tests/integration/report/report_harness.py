@@ -44,6 +44,8 @@ class Mailbox:
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
+        self.raw: list[bytes] = []
+        """Each message's bytes as submitted (the `.eml`), in arrival order."""
         self._lock = threading.Lock()
 
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
@@ -51,6 +53,7 @@ class Mailbox:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self._lock:
             self.messages.append(message)  # type: ignore[arg-type]
+            self.raw.append(bytes(envelope.content))
         return "250 OK"
 
     def to(self, recipient: str) -> list[EmailMessage]:
@@ -186,6 +189,7 @@ class ReportHarness:
         description: str = "Chest X-ray and admission note",
         image_labels: list[tuple[str, float]] | None = None,
         cache_note: bool = True,
+        note: TextAnalysis | None = None,
     ) -> SeededStudy:
         """A study with a PNG and a note, ANALYSED, each with a result in `infer.results`;
         the note's result is also cached in Redis the way svc_infer caches it."""
@@ -204,10 +208,10 @@ class ReportHarness:
         labels = image_labels or [("consolidation", 0.812), ("effusion", 0.104), ("normal", 0.05)]
         image_result = await self.add_image_result(study_id, image_id, labels, clinic_id=clinic_id)
         note_result = str(uuid.uuid4())
-        note = self.note_result(note_result, study_id, note_id, clinic_id)
-        await self.insert_result(note)
+        result = self.note_result(note_result, study_id, note_id, clinic_id, note)
+        await self.insert_result(result)
         if cache_note:
-            await self.cache_result(note)
+            await self.cache_result(result)
         return SeededStudy(
             study_id, clinic_id, image_id, note_id, image_result, note_result,
             [image_result, note_result],
@@ -282,8 +286,16 @@ class ReportHarness:
         )
         return result_id
 
-    def note_result(self, result_id: str, study_id: str, file_id: str, clinic_id: str) -> Result:
-        """A text result as svc_infer builds it (`medmesh.infer.v1.Result`)."""
+    def note_result(
+        self,
+        result_id: str,
+        study_id: str,
+        file_id: str,
+        clinic_id: str,
+        text: TextAnalysis | None = None,
+    ) -> Result:
+        """A text result as svc_infer builds it (`medmesh.infer.v1.Result`); `text` replaces
+        the default English analysis."""
         return Result(
             name=f"studies/{study_id}/results/{result_id}",
             result_id=result_id,
@@ -294,7 +306,8 @@ class ReportHarness:
             model_version=2,
             preprocessing_version="txt-pre-7",
             arm=TrafficArm.STABLE,
-            text=TextAnalysis(
+            text=text
+            or TextAnalysis(
                 findings=[
                     LabelScore(label="pneumonia", score=0.734),
                     LabelScore(label="fever", score=0.421),
@@ -320,6 +333,10 @@ class ReportHarness:
                 },
                 "summary": result.text.summary,
             }
+            if result.text.language:
+                analysis["language"] = result.text.language
+                analysis["model_languages"] = list(result.text.model_languages)
+                analysis["outside_model_languages"] = result.text.outside_model_languages
         else:
             image = result.image
             assert isinstance(image, ImageClassification)
