@@ -226,7 +226,7 @@ async def _upload(client: MedmeshClient, args: argparse.Namespace, err: Console)
     for note in args.note:
         created = await client.create_text_note(study.name, note)
         verb = "skipped " if created.deduplicated else "stored  "
-        print(f"{verb} note {created.file.name}")
+        print(f"{verb} note {created.file.name if created.file else '?'}")
     return 0
 
 
@@ -259,7 +259,8 @@ async def _upload_with_progress(
             uploaded = await client.upload_file(study, file, progress=show)
             finished += file.size_bytes
             verb = "skipped " if uploaded.deduplicated else "stored  "
-            lines.append(f"{verb} {file.file_name} → {uploaded.file.name}")
+            stored_as = uploaded.file.name if uploaded.file else "?"
+            lines.append(f"{verb} {file.file_name} → {stored_as}")
     return lines
 
 

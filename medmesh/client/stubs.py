@@ -40,10 +40,11 @@ def _multicallable(channel: grpc.aio.Channel, method: Method) -> Any:
         (True, False): channel.stream_unary,
         (True, True): channel.stream_stream,
     }[(method.client_streaming, method.server_streaming)]
+    response_type: Any = method.response_type  # a betterproto2 message class
     return make(
         method.path,
         request_serializer=bytes,
-        response_deserializer=method.response_type.FromString,
+        response_deserializer=response_type.FromString,
     )
 
 
@@ -64,7 +65,8 @@ async def call_json(
         raise KeyError(f"{method_path} is not in the contract")
     if method.client_streaming:
         raise ValueError(f"{method_path} is client-streaming; use a gRPC client library")
-    request = method.request_type.from_dict(dict(request_json))
+    request_type: Any = method.request_type  # a betterproto2 message class
+    request = request_type.from_dict(dict(request_json))
     async with grpc.aio.insecure_channel(address) as channel:
         callable_ = _multicallable(channel, method)
         if method.server_streaming:
