@@ -11,6 +11,11 @@ of it had to get the same details right:
 - a failing handler is logged and the loop goes on; the messages it did not settle are
   redelivered by the server after the consumer's `ack_wait` (or its `backoff`), so one poison
   message cannot stop the consumer, nor spin it in a hot loop of immediate redeliveries;
+- long work keeps its messages: while a batch is in the handler, every message of it that is
+  not settled yet gets an `in_progress` heartbeat every third of the ack wait, so a batch
+  that takes longer than the ack wait (a slow model call, MIS retries) is not handed to
+  another worker meanwhile; only a dead or stalled worker lets its messages time out. The
+  heartbeats stop after `heartbeat_limit_s`: a handler stuck that long lets its messages go;
 - `stop()` cancels the loop and unsubscribes: a pull subscription left open makes
   `nc.drain()` wait its whole drain timeout at shutdown.
 
@@ -39,6 +44,8 @@ FETCH_RETRY_S = 1.0
 """Pause after a failed fetch (connection lost, JetStream unavailable) before the next one."""
 _MIN_FETCH_S = 0.002
 _CANCELLED_WAIT_S = 10.0
+HEARTBEAT_LIMIT_S = 600.0
+"""How long a batch may keep its messages with `in_progress` heartbeats."""
 
 
 class PullConsumer:
@@ -53,7 +60,8 @@ class PullConsumer:
     many batches may be in the handler at once (the next batch is fetched while earlier ones
     are handled). `stop_grace_s` is how long `stop()` lets the batches in hand finish (and
     settle) before they are cancelled; with 0 they are cancelled at once and their unsettled
-    messages are redelivered after `ack_wait`.
+    messages are redelivered after `ack_wait`. `heartbeat_limit_s` bounds how long one batch
+    keeps its messages with `in_progress` heartbeats (sent every third of the ack wait).
     """
 
     def __init__(
@@ -71,6 +79,7 @@ class PullConsumer:
         concurrency: int = 1,
         stop_grace_s: float = 0.0,
         fetch_retry_s: float = FETCH_RETRY_S,
+        heartbeat_limit_s: float = HEARTBEAT_LIMIT_S,
     ) -> None:
         if not config.durable_name:
             raise ValueError("a PullConsumer needs a durable consumer: set durable_name")
@@ -90,6 +99,10 @@ class PullConsumer:
         self._in_hand: set[asyncio.Future[None]] = set()
         self._stop_grace_s = stop_grace_s
         self._fetch_retry_s = fetch_retry_s
+        self._heartbeat_limit_s = heartbeat_limit_s
+        # JetStream uses backoff[n] as the ack wait of delivery n when a BackOff list is set.
+        waits = [float(w) for w in (config.backoff or []) + [config.ack_wait] if w]
+        self._heartbeat_s = min(waits) / 3 if waits else 0.0
         self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -190,10 +203,37 @@ class PullConsumer:
             return []
 
     async def _handle(self, messages: list[Msg]) -> None:
+        heartbeat = (
+            asyncio.create_task(self._heartbeat(messages), name=f"heartbeat-{self.name}")
+            if self._heartbeat_s > 0
+            else None
+        )
         try:
             await self._handle_batch(messages)
         except Exception:  # unsettled messages come back after ack_wait (or backoff)
             log.exception("consumer.batch_failed", consumer=self.name, messages=len(messages))
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await _wait_cancelled(heartbeat)
+
+    async def _heartbeat(self, messages: list[Msg]) -> None:
+        """`in_progress` for every unsettled message of the batch, every third of the ack
+        wait, until the handler returns or `heartbeat_limit_s` has passed."""
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + self._heartbeat_limit_s
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            if loop.time() >= stop_at:
+                log.warning("consumer.batch_stalled", consumer=self.name, messages=len(messages))
+                return
+            for msg in messages:
+                if not msg.is_acked:
+                    try:
+                        await msg.in_progress()
+                    except Exception as exc:  # noqa: BLE001 - a lost heartbeat costs a redelivery
+                        log.warning("consumer.heartbeat_failed", consumer=self.name, error=str(exc))
+                        break
 
 
 async def _wait_cancelled(task: asyncio.Task[None]) -> None:

@@ -69,35 +69,49 @@ class ProtoMessage(Protocol):
 M = TypeVar("M", bound=ProtoMessage)
 
 
+DEFAULT_MAX_ATTEMPTS = 4
+"""How many times a failing job is tried before it is dead-lettered: once, then retried three
+times (the seed's "max retries = 3"). MEDMESH_JOB_MAX_ATTEMPTS sets it for every consumer."""
+DEFAULT_ACK_WAIT_S = 30.0
+"""How long a delivered job may go without an ack or an `in_progress` heartbeat before the
+server hands it out again (MEDMESH_JOB_ACK_WAIT_S)."""
+
+
 @dataclass(frozen=True)
 class ConsumerSpec:
-    """A durable pull consumer: explicit ack, bounded redelivery with backoff.
+    """A durable pull consumer of jobs: explicit ack, `max_attempts` attempts per job.
 
-    JetStream replaces `ack_wait` with `backoff[0]` when a backoff list is set, so the two are
-    required to agree here rather than drift silently. Servers before 2.10 also require
-    `len(backoff) < max_deliver`.
+    The attempt limit is the *consumer's* (medmesh.settle), not the server's: the server's
+    `max_deliver` is unlimited, so a job whose deliveries run out through ack timeouts (its
+    worker was killed or stalled) is never dropped by the server; the delivery after the last
+    attempt is dead-lettered by whichever worker receives it, without processing it.
+
+    `backoff_s` (server-side redelivery delays after an ack timeout) is empty by default: with
+    a BackOff list nats-server also stretches `nak(delay)` redeliveries, so the retry delays a
+    service configures would not be the ones it gets. When set, JetStream replaces `ack_wait`
+    with `backoff[0]`, so the two are required to agree here rather than drift silently.
     """
 
     durable: str
     stream: str
     filter_subject: str
-    max_deliver: int = 3
-    backoff_s: tuple[float, ...] = (30.0, 120.0)
-    ack_wait_s: float = 30.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S
     max_ack_pending: int = 64
+    backoff_s: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.ack_wait_s <= 0:
+            raise ValueError("max_attempts must be at least 1 and ack_wait_s positive")
         if self.backoff_s and self.backoff_s[0] != self.ack_wait_s:
             raise ValueError("ack_wait_s must equal backoff_s[0]; the server enforces it")
-        if len(self.backoff_s) >= self.max_deliver:
-            raise ValueError("backoff_s must be shorter than max_deliver")
 
     def config(self) -> ConsumerConfig:
-        """The nats-py consumer config for this spec."""
+        """The nats-py consumer config for this spec (`max_deliver` unlimited, see above)."""
         return ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
-            max_deliver=self.max_deliver,
+            max_deliver=-1,
             backoff=list(self.backoff_s) or None,
             ack_wait=self.ack_wait_s,
             filter_subject=self.filter_subject,
@@ -115,6 +129,9 @@ class Topology:
     # Msg-Id de-duplication: the outbox relay may publish a row twice after a crash.
     duplicate_window_s: float = 120.0
     replicas: int = 1
+    # Every job consumer's attempt limit and ack wait (MEDMESH_JOB_MAX_ATTEMPTS / _ACK_WAIT_S).
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S
 
     # Streams.
     @property
@@ -206,25 +223,44 @@ class Topology:
             )
         ]
 
+    def job_consumer(self, durable: str, stream: str, filter_subject: str) -> ConsumerSpec:
+        """A job consumer with the deployment's one attempt limit and ack wait."""
+        return ConsumerSpec(
+            durable,
+            stream,
+            filter_subject,
+            max_attempts=self.max_attempts,
+            ack_wait_s=self.ack_wait_s,
+        )
+
     @property
     def infer_image_consumer(self) -> ConsumerSpec:
         """svc_infer's consumer of image jobs."""
-        return ConsumerSpec("infer-image", self.jobs_stream, self.infer_image_subject)
+        return self.job_consumer("infer-image", self.jobs_stream, self.infer_image_subject)
 
     @property
     def infer_text_consumer(self) -> ConsumerSpec:
         """svc_infer's consumer of text jobs."""
-        return ConsumerSpec("infer-text", self.jobs_stream, self.infer_text_subject)
+        return self.job_consumer("infer-text", self.jobs_stream, self.infer_text_subject)
 
     @property
     def report_consumer(self) -> ConsumerSpec:
         """svc_report's consumer of report jobs."""
-        return ConsumerSpec("report", self.jobs_stream, self.report_subject)
+        return self.job_consumer("report", self.jobs_stream, self.report_subject)
 
     @property
     def deliver_consumer(self) -> ConsumerSpec:
         """svc_report's consumer of MIS delivery jobs."""
-        return ConsumerSpec("deliver", self.jobs_stream, self.deliver_subject)
+        return self.job_consumer("deliver", self.jobs_stream, self.deliver_subject)
+
+    def replayable_subjects(self) -> frozenset[str]:
+        """Subjects whose dead letters can be replayed: every job subject, and the
+        `study.results_ready` event (svc_report's `report-results-ready` consumer is its only
+        reader, so republishing it reaches exactly the consumer that failed it)."""
+        return frozenset(
+            [spec.filter_subject for spec in self.consumer_specs()]
+            + [self.study_event_subject("results_ready")]
+        )
 
     def consumer_specs(self) -> list[ConsumerSpec]:
         """Every durable consumer."""
@@ -346,20 +382,24 @@ async def publish_dead_letter(
     *,
     clinic_id: str = "",
     first_failure_time: datetime | None = None,
+    attempts: int | None = None,
 ) -> PubAck:
     """Wrap a job that failed its last attempt in a `DeadLetterEnvelope` (payload, original
     subject, delivery count, error, headers) and publish it on `<root>.dlq.<tail>`.
 
     `clinic_id` comes from the decoded job (the payload is opaque here); listing dead letters
-    filters by it. The envelope's Msg-Id is derived from the job's stream sequence, so a
-    consumer that crashes between dead-lettering and acking does not dead-letter it twice.
+    filters by it. `attempts` defaults to the delivery count (a job whose attempts ran out
+    through ack timeouts is dead-lettered on the delivery after its last attempt). The
+    envelope's Msg-Id is derived from the job's stream sequence, so a consumer that crashes
+    between dead-lettering and acking does not dead-letter it twice.
     """
     headers = dict(msg.headers or {})
     try:
         meta = msg.metadata
-        attempts, dedup_id = meta.num_delivered, f"dlq:{meta.stream}:{meta.sequence.stream}"
+        delivered, dedup_id = meta.num_delivered, f"dlq:{meta.stream}:{meta.sequence.stream}"
     except nats.errors.NotJSMessageError:
-        attempts, dedup_id = 1, None
+        delivered, dedup_id = 1, None
+    attempts = delivered if attempts is None else attempts
     now = datetime.now(UTC)
     envelope = DeadLetterEnvelope(
         original_subject=msg.subject,
@@ -378,4 +418,46 @@ async def publish_dead_letter(
         envelope,
         msg_id=dedup_id,
         headers={CLINIC_ID_HEADER: clinic_id} if clinic_id else None,
+    )
+
+
+REPLAY_HEADER = "Medmesh-Replay-Of"
+"""Set on a replayed job (the dead letter's id): its consumer may reopen what the failure
+closed (a FAILED report or delivery) before handling it again."""
+
+
+class RawPayload:
+    """Payload bytes that are already encoded, shaped like a generated message."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __bytes__(self) -> bytes:
+        return self.data
+
+    @classmethod
+    def FromString(cls, data: bytes) -> Self:  # noqa: N802 - betterproto2's name
+        return cls(data)
+
+
+async def republish_dead_letter(
+    js: JetStreamContext,
+    letter_id: str,
+    subject: str,
+    payload: bytes,
+    headers: dict[str, str],
+) -> PubAck:
+    """Publish a dead letter's original payload on its original subject, as a new message
+    (its consumer counts attempts from one again) marked with REPLAY_HEADER. The Msg-Id is
+    derived from the letter, so replaying the same letter twice within the duplicate window
+    publishes once. The original trace context and Msg-Id are not carried over.
+    """
+    kept = {
+        k: v
+        for k, v in headers.items()
+        if k not in {MSG_ID_HEADER, REPLAY_HEADER, "traceparent", "tracestate"}
+    }
+    kept[REPLAY_HEADER] = letter_id
+    return await publish_message(
+        js, subject, RawPayload(payload), msg_id=f"replay-{letter_id}", headers=kept
     )

@@ -55,7 +55,12 @@ async def open_jetstream(settings: Settings, stack: AsyncExitStack) -> JetStream
     settings.require("nats_url")
     nc, js = await connect_nats(settings.nats_url, name=f"medmesh-{settings.service}")
     stack.push_async_callback(nc.drain)
-    topology = Topology(subject_root=settings.subject_root, stream_prefix=settings.stream_prefix)
+    topology = Topology(
+        subject_root=settings.subject_root,
+        stream_prefix=settings.stream_prefix,
+        max_attempts=settings.job_max_attempts,
+        ack_wait_s=settings.job_ack_wait_s,
+    )
     await ensure_topology(js, topology)
     return JetStream(nc, js, topology)
 

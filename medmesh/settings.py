@@ -30,6 +30,19 @@ def _float(environ: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
 
 
+def _int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The configuration of one process. Field docs name the variable that sets each one."""
@@ -58,6 +71,12 @@ class Settings:
     """MEDMESH_SUBJECT_ROOT: first token of every JetStream subject (isolates stacks/tests)."""
     stream_prefix: str = "MEDMESH"
     """MEDMESH_STREAM_PREFIX: prefix of every JetStream stream name."""
+    job_max_attempts: int = 4
+    """MEDMESH_JOB_MAX_ATTEMPTS: attempts a failing job gets, in total, before it goes to the
+    dead-letter stream (4 = tried once, retried three times). The same for every consumer."""
+    job_ack_wait_s: float = 30.0
+    """MEDMESH_JOB_ACK_WAIT_S: how long a job may go without an ack or an in-progress
+    heartbeat (sent every third of it while a batch is worked on) before it is redelivered."""
     auth_addr: str = ""
     """MEDMESH_AUTH_ADDR: svc_auth's gRPC address; services fetch its JWKS to verify tokens."""
     jwt_issuer: str = "medmesh"
@@ -96,6 +115,8 @@ class Settings:
             s3_bucket_prefix=environ.get("MEDMESH_S3_BUCKET_PREFIX", ""),
             subject_root=environ.get("MEDMESH_SUBJECT_ROOT", cls.subject_root),
             stream_prefix=environ.get("MEDMESH_STREAM_PREFIX", cls.stream_prefix),
+            job_max_attempts=_int(environ, "MEDMESH_JOB_MAX_ATTEMPTS", cls.job_max_attempts, 1),
+            job_ack_wait_s=_float(environ, "MEDMESH_JOB_ACK_WAIT_S", cls.job_ack_wait_s),
             auth_addr=environ.get("MEDMESH_AUTH_ADDR", ""),
             jwt_issuer=environ.get("MEDMESH_JWT_ISSUER", cls.jwt_issuer),
             jwt_audience=environ.get("MEDMESH_JWT_AUDIENCE", cls.jwt_audience),

@@ -5,8 +5,12 @@ consumer of `<root>.dlq.>` (so a letter published by any service, or by a worker
 right after publishing it, is indexed exactly once: the row is keyed by the letter's stream
 sequence). Indexing an inference job also writes its `InferenceFailed` event, in the same
 transaction. A replay republishes the job's payload on its original subject with a new
-Msg-Id (a fresh message, so the consumer counts attempts from one again) and stamps the row,
-so a second replay of the same letter is FAILED_PRECONDITION.
+Msg-Id (a fresh message, so the consumer counts attempts from one again) and the
+`Medmesh-Replay-Of` header (so svc_report's consumers reopen a FAILED report or delivery
+before handling it), and stamps the row, so a second replay of the same letter is
+FAILED_PRECONDITION. Every kind of letter the deployment's consumers produce can be replayed
+(`Topology.replayable_subjects`: inference, report and delivery jobs, the results-ready
+event); a letter of any other subject is refused with FAILED_PRECONDITION, never published.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import Self
 
 import structlog
 from nats.aio.msg import Msg
@@ -25,7 +28,7 @@ from gen.medmesh.events.v1 import DeadLetterEnvelope, InferenceJob
 from medmesh.consumers import PullConsumer
 from medmesh.db import Database
 from medmesh.errors import FailedPrecondition, InvalidArgument, NotFound
-from medmesh.jetstream import MSG_ID_HEADER, publish_message
+from medmesh.jetstream import republish_dead_letter
 from medmesh.outbox import Outbox
 from medmesh.resources import JetStream
 from svc_infer import dead_letter_store
@@ -37,20 +40,6 @@ log = structlog.get_logger(__name__)
 INDEX_CONSUMER = "infer-dlq-index"
 _ID_NAMESPACE = uuid.UUID("5f0c7c1e-8a5e-4b7e-9d3a-2f6f3b1d9c41")
 _INDEX_BATCH = 50
-
-
-class _RawJob:
-    """A dead letter's payload bytes, shaped like a generated message for publish_message."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __bytes__(self) -> bytes:
-        return self.data
-
-    @classmethod
-    def FromString(cls, data: bytes) -> Self:  # noqa: N802 - betterproto2's name
-        return cls(data)
 
 
 def _job(payload: bytes) -> InferenceJob | None:
@@ -190,19 +179,19 @@ class DeadLetters:
                 raise NotFound(f"deadLetters/{letter_id} does not exist")
             if letter.replay_time is not None:
                 raise FailedPrecondition(f"deadLetters/{letter_id} was replayed already")
-            headers = {
-                k: v
-                for k, v in letter.headers.items()
-                if k not in {MSG_ID_HEADER, "traceparent", "tracestate"}
-            }
+            if letter.subject not in self._jetstream.topology.replayable_subjects():
+                raise FailedPrecondition(
+                    f"deadLetters/{letter_id} holds a message of {letter.subject!r}, which no "
+                    "medmesh consumer handles: it cannot be replayed"
+                )
             # A failed publish raises before the stamp; a stamp that fails to commit after
             # a publish is de-duplicated by the Msg-Id on the next replay.
-            await publish_message(
+            await republish_dead_letter(
                 self._jetstream.js,
+                letter.dead_letter_id,
                 letter.subject,
-                _RawJob(letter.payload),
-                msg_id=f"replay-{letter.dead_letter_id}",
-                headers=headers,
+                letter.payload,
+                dict(letter.headers),
             )
             replayed_at = await dead_letter_store.mark_replayed(conn, key)
             job = _job(letter.payload)

@@ -7,15 +7,17 @@ ONE Predict per version, and commits results with their events before acking. Up
 `concurrency` batches are in flight, so one batch's downloads and preprocessing overlap the
 model server's work on another.
 
-Failures are per job: an attempt that fails is counted and nak'ed with a delay
-(`retry_backoff_s`); the attempt that reaches the consumer's `max_deliver` is wrapped in a
-dead-letter envelope, published on `<root>.dlq.<subject>` and terminated. A payload that is
-not an InferenceJob at all is dead-lettered at once: no retry can fix it.
+Failures are per job and settled by medmesh.settle (the rules every consumer shares): an
+attempt that fails is counted and nak'ed with a delay (`retry_backoff_s`); the failed attempt
+that reaches the consumer's `max_attempts` (MEDMESH_JOB_MAX_ATTEMPTS) is wrapped in a
+dead-letter envelope, published on `<root>.dlq.<subject>` (retried) and terminated. A payload
+that is not an InferenceJob at all is dead-lettered at once: no retry can fix it. A job
+delivered again after its last attempt never settled (a worker killed mid-batch, or stalled
+past the ack wait) is dead-lettered before any work.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections import defaultdict
@@ -31,8 +33,9 @@ from gen.medmesh.events.v1 import InferenceJob
 from medmesh.consumers import PullConsumer
 from medmesh.db import Database
 from medmesh.errors import DomainError
-from medmesh.jetstream import ConsumerSpec, publish_dead_letter
+from medmesh.jetstream import ConsumerSpec
 from medmesh.resources import JetStream
+from medmesh.settle import Attempt, Settler
 from svc_infer import dead_letter_store, metrics, store
 from svc_infer.config import InferConfig
 from svc_infer.pipeline import Delivery, ImagePipeline, Outcome, TextPipeline, describe, queue_ms
@@ -43,7 +46,6 @@ log = structlog.get_logger(__name__)
 
 IDLE_FETCH_TIMEOUT_S = 1.0
 STOP_GRACE_S = 10.0
-_DLQ_PUBLISH_TRIES = 5
 _KINDS: dict[AnalysisKind, frozenset[FileKind]] = {
     AnalysisKind.IMAGE_CLASSIFICATION: frozenset(
         {FileKind.IMAGE_PNG, FileKind.IMAGE_JPEG, FileKind.IMAGE_DICOM}
@@ -77,6 +79,7 @@ class JobConsumer:
         self._pipeline = pipeline
         self._writer = writer
         self._config = config
+        self._settler = Settler(jetstream, spec, config.retry_backoff_s)
         self._consumer: PullConsumer | None = None
         self.batches_handled = 0
 
@@ -136,7 +139,7 @@ class JobConsumer:
         except Exception as exc:  # noqa: BLE001 - any parse failure means "not a job"
             job, problem = InferenceJob(), f"undecodable InferenceJob: {exc}"
         if problem:
-            await self._dead_letter(msg, job, problem, None)
+            await self._dead_letter(msg, job, problem, None, self._settler.attempt(msg))
             return None
         delivery = Delivery(msg, job, int(msg.metadata.num_delivered), started)
         metrics.QUEUE_WAIT_SECONDS.labels(self.spec.durable).observe(queue_ms(delivery) / 1e3)
@@ -171,8 +174,12 @@ class JobConsumer:
         outcomes: list[Outcome] = []
         by_version: dict[int, list[Delivery]] = defaultdict(list)
         for delivery in deliveries:
+            attempt = self._settler.attempt(delivery.msg)
             if (delivery.job.file_id, model.name, delivery.version) in done:
                 outcomes.append(Outcome(delivery))  # processed before; the ack was lost
+            elif attempt.exhausted:  # its last attempt never settled: dead-letter, no more work
+                error = self._settler.ran_out(attempt)
+                outcomes.append(Outcome(delivery, error=error, permanent=True))
             else:
                 by_version[delivery.version].append(delivery)
         for version, group in sorted(by_version.items()):
@@ -212,12 +219,17 @@ class JobConsumer:
     async def _fail(self, delivery: Delivery, error: str, *, final: bool = False) -> None:
         """Count the failure; retry later, or dead-letter after the last attempt (at once when
         `final`: e.g. an image over the decode budget, which no retry can shrink)."""
+        attempt = self._settler.attempt(delivery.msg)
         metrics.JOB_FAILURES.labels(self.spec.durable).inc()
         first_failure: datetime | None = None
         try:
             async with self._database.transaction() as conn:
                 first_failure = await dead_letter_store.record_failure(
-                    conn, delivery.job.job_id, delivery.job.clinic_id, delivery.attempt, error
+                    conn,
+                    delivery.job.job_id,
+                    delivery.job.clinic_id,
+                    min(attempt.number, attempt.max_attempts),
+                    error,
                 )
         except Exception as exc:  # noqa: BLE001 - counting is best effort; the retry is not
             log.warning("consumer.failure_not_recorded", error=str(exc))
@@ -228,34 +240,20 @@ class JobConsumer:
             attempt=delivery.attempt,
             error=error,
         )
-        if final or delivery.attempt >= self.spec.max_deliver:
-            await self._dead_letter(delivery.msg, delivery.job, error, first_failure)
+        if final or attempt.last:
+            await self._dead_letter(delivery.msg, delivery.job, error, first_failure, attempt)
             return
-        delays = self._config.retry_backoff_s
-        await delivery.msg.nak(delay=delays[min(delivery.attempt, len(delays)) - 1])
+        await delivery.msg.nak(delay=self._settler.retry_delay_s(attempt))
 
     async def _dead_letter(
-        self, msg: Msg, job: InferenceJob, error: str, first_failure: datetime | None
+        self,
+        msg: Msg,
+        job: InferenceJob,
+        error: str,
+        first_failure: datetime | None,
+        attempt: Attempt,
     ) -> None:
-        for attempt in range(_DLQ_PUBLISH_TRIES):
-            try:
-                await publish_dead_letter(
-                    self._jetstream.js,
-                    self._jetstream.topology,
-                    msg,
-                    error,
-                    clinic_id=job.clinic_id,
-                    first_failure_time=first_failure,
-                )
-                break
-            except DomainError as exc:  # NATS unavailable: keep the job until it is back
-                log.warning("consumer.dead_letter_failed", error=str(exc), attempt=attempt)
-                await asyncio.sleep(2**attempt)
-        else:
-            await msg.nak(delay=self._config.retry_backoff_s[-1])
-            return
-        await msg.term()
-        metrics.DEAD_LETTERS.labels(self.spec.durable).inc()
-        log.warning(
-            "consumer.dead_lettered", consumer=self.spec.durable, job=job.job_id, error=error
-        )
+        if await self._settler.dead_letter(
+            msg, error, attempt, clinic_id=job.clinic_id, first_failure_time=first_failure
+        ):
+            metrics.DEAD_LETTERS.labels(self.spec.durable).inc()

@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 
 import structlog
 
+from gen.medmesh.events.v1 import DeliveryJob, ReportJob, StudyResultsReady
 from medmesh.audit import DeniedAccessRecorder
 from medmesh.mail import SmtpEndpoint
 from medmesh.outbox import Outbox, OutboxRelay
@@ -23,6 +24,7 @@ from svc_report.consumers import ConsumerLoop, results_ready_consumer
 from svc_report.delivery import ReportDeliveries
 from svc_report.mis import MisClient
 from svc_report.notify import ReportNotifier
+from svc_report.replays import ReplayReopener
 from svc_report.report_requests import ReportRequests
 from svc_report.reports import ReportReader
 from svc_report.results import ResultSource
@@ -83,16 +85,30 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
         results=results,
     )
     backoff = config.retry_backoff_s
+    reopen = ReplayReopener(database)
     for loop in (
         ConsumerLoop(
             results_ready_consumer(topology),
             jetstream,
             requests.on_results_ready,
+            job_type=StudyResultsReady,
             retry_backoff_s=backoff,
         ),
-        ConsumerLoop(topology.report_consumer, jetstream, builder.on_job, retry_backoff_s=backoff),
         ConsumerLoop(
-            topology.deliver_consumer, jetstream, deliveries.on_job, retry_backoff_s=backoff
+            topology.report_consumer,
+            jetstream,
+            builder.on_job,
+            job_type=ReportJob,
+            retry_backoff_s=backoff,
+            on_replay=reopen.report,
+        ),
+        ConsumerLoop(
+            topology.deliver_consumer,
+            jetstream,
+            deliveries.on_job,
+            job_type=DeliveryJob,
+            retry_backoff_s=backoff,
+            on_replay=reopen.delivery,
         ),
     ):
         await loop.start(stack)

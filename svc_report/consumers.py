@@ -7,8 +7,11 @@
 
 A handler returns what to do with its message: `Done` (ack), `Retry(error)` (nak with the
 configured delay; on the consumer's last attempt the message is dead-lettered instead) or
-`GiveUp(error)` (dead-letter now: no retry can help). Dead letters are
-`DeadLetterEnvelope`s on `<root>.dlq.<subject>` (medmesh.jetstream.publish_dead_letter).
+`GiveUp(error)` (dead-letter now: no retry can help). The rules, the attempt count and the
+dead-letter publish (with retries) are medmesh.settle's, shared with svc_infer; a job whose
+attempts ran out through ack timeouts is dead-lettered without calling the handler. A replayed
+job (medmesh.jetstream.REPLAY_HEADER) first goes through the loop's `on_replay`, which reopens
+what the failure closed.
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from typing import Any
 
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from opentelemetry import propagate, trace
 
 from medmesh.consumers import PullConsumer
 from medmesh.errors import DomainError
-from medmesh.jetstream import ConsumerSpec, Topology, publish_dead_letter
+from medmesh.jetstream import ConsumerSpec, Topology
 from medmesh.resources import JetStream
+from medmesh.settle import Attempt, Done, GiveUp, Outcome, Retry, Settler
+
+__all__ = ["Attempt", "ConsumerLoop", "Done", "GiveUp", "Outcome", "Retry"]
 
 log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -37,54 +42,34 @@ STOP_GRACE_S = 10.0
 
 
 def results_ready_consumer(topology: Topology) -> ConsumerSpec:
-    """svc_report's own durable consumer of `<root>.events.study.results_ready`."""
-    return ConsumerSpec(
+    """svc_report's own durable consumer of `<root>.events.study.results_ready` (the
+    deployment's attempt limit and ack wait, like every job consumer)."""
+    return topology.job_consumer(
         "report-results-ready",
         topology.events_stream,
         topology.study_event_subject(RESULTS_READY_STATUS),
-        max_deliver=5,
-        backoff_s=(10.0, 30.0, 60.0),
-        ack_wait_s=10.0,
     )
-
-
-@dataclass(frozen=True)
-class Done:
-    """Processed (or nothing to do): ack."""
-
-
-@dataclass(frozen=True)
-class Retry:
-    """Failed for a reason a later attempt may not have (database, S3, SMTP)."""
-
-    error: str
-
-
-@dataclass(frozen=True)
-class GiveUp:
-    """Failed for good: dead-letter now."""
-
-    error: str
-
-
-Outcome = Done | Retry | GiveUp
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """Which delivery of the message this is."""
-
-    number: int
-    last: bool
 
 
 Handler = Callable[[Msg, Attempt], Awaitable[tuple[Outcome, str]]]
 """Process one message; returns the outcome and the clinic id (for the dead letter)."""
+ReplayHook = Callable[[Msg], Awaitable[None]]
+"""Reopen what a replayed job's failure closed (idempotent; may raise to retry)."""
+
+
+def _clinic_of(job_type: Any, msg: Msg) -> str:
+    """The message's `clinic_id`, or "" when the payload does not parse."""
+    try:
+        return str(job_type.FromString(msg.data).clinic_id)
+    except Exception:  # noqa: BLE001 - an undecodable payload has no clinic
+        return ""
 
 
 class ConsumerLoop:
     """Settles each message of one durable consumer by its handler's outcome; the fetching is
-    medmesh.consumers.PullConsumer's (batches of `batch`, handled concurrently)."""
+    medmesh.consumers.PullConsumer's (batches of `batch`, handled concurrently), the settling
+    medmesh.settle.Settler's. `job_type` is the payload's generated class (its `clinic_id`
+    labels the dead letter of a job whose attempts ran out)."""
 
     def __init__(
         self,
@@ -92,13 +77,17 @@ class ConsumerLoop:
         jetstream: JetStream,
         handler: Handler,
         *,
+        job_type: Any,
         retry_backoff_s: tuple[float, ...],
+        on_replay: ReplayHook | None = None,
         batch: int = 4,
+        settler: Settler | None = None,
     ) -> None:
         self.spec = spec
-        self._jetstream = jetstream
         self._handler = handler
-        self._retry_backoff_s = retry_backoff_s
+        self._job_type = job_type
+        self._on_replay = on_replay
+        self._settler = settler or Settler(jetstream, spec, retry_backoff_s)
         # A stop while a batch is in hand lets it finish (and ack) within the grace period.
         self._consumer = PullConsumer(
             jetstream.js,
@@ -122,43 +111,31 @@ class ConsumerLoop:
         await asyncio.gather(*(self._one(m) for m in messages))
 
     async def _one(self, msg: Msg) -> None:
-        try:
-            number = int(msg.metadata.num_delivered)
-        except nats.errors.NotJSMessageError:
-            number = 1
-        attempt = Attempt(number, number >= self.spec.max_deliver)
+        attempt = self._settler.attempt(msg)
         context = propagate.extract(msg.headers or {})
         with _tracer.start_as_current_span(
             f"process {msg.subject}", context=context, kind=trace.SpanKind.CONSUMER
         ):
-            clinic_id = ""
             try:
-                outcome, clinic_id = await self._handler(msg, attempt)
-            except Exception as exc:  # an unexpected failure is retried
-                if not isinstance(exc, DomainError):
-                    log.exception("consumer.handler_failed", consumer=self.spec.durable)
-                outcome = Retry(f"{type(exc).__name__}: {exc}")
-            try:
-                await self._settle(msg, outcome, attempt, clinic_id)
+                if attempt.exhausted:
+                    await self._settler.dead_letter(
+                        msg,
+                        self._settler.ran_out(attempt),
+                        attempt,
+                        clinic_id=_clinic_of(self._job_type, msg),
+                    )
+                    return
+                outcome, clinic_id = await self._run(msg, attempt)
+                await self._settler.settle(msg, outcome, attempt, clinic_id=clinic_id)
             except Exception as exc:  # noqa: BLE001 - JetStream redelivers after ack_wait
                 log.warning("consumer.settle_failed", consumer=self.spec.durable, error=str(exc))
 
-    async def _settle(self, msg: Msg, outcome: Outcome, attempt: Attempt, clinic_id: str) -> None:
-        if isinstance(outcome, Done):
-            await msg.ack()
-            return
-        log.info(
-            "consumer.message_failed",
-            consumer=self.spec.durable,
-            attempt=attempt.number,
-            error=outcome.error,
-        )
-        if isinstance(outcome, Retry) and not attempt.last:
-            delays = self._retry_backoff_s
-            await msg.nak(delay=delays[min(attempt.number, len(delays)) - 1])
-            return
-        await publish_dead_letter(
-            self._jetstream.js, self._jetstream.topology, msg, outcome.error, clinic_id=clinic_id
-        )
-        await msg.term()
-        log.warning("consumer.dead_lettered", consumer=self.spec.durable, error=outcome.error)
+    async def _run(self, msg: Msg, attempt: Attempt) -> tuple[Outcome, str]:
+        try:
+            if attempt.replay_of and self._on_replay is not None:
+                await self._on_replay(msg)
+            return await self._handler(msg, attempt)
+        except Exception as exc:  # an unexpected failure is retried
+            if not isinstance(exc, DomainError):
+                log.exception("consumer.handler_failed", consumer=self.spec.durable)
+            return Retry(f"{type(exc).__name__}: {exc}"), _clinic_of(self._job_type, msg)

@@ -172,3 +172,24 @@ async def finish_delivery(
         """,
         (int(status), delivery.report_id, delivery.report_id, delivery.delivery_id),
     )
+
+
+async def reopen_failed_delivery(conn: Connection, clinic_id: str, idempotency_key: str) -> bool:
+    """Put a FAILED delivery back to PENDING (a replayed dead letter), unless a later delivery
+    of its report superseded it; the report shows PENDING again. True when it was reopened."""
+    cur = await conn.execute(
+        """
+        UPDATE report.deliveries d SET status = %s, error = '', finish_time = NULL
+        WHERE d.clinic_id = %s AND d.idempotency_key = %s AND d.status = %s
+          AND NOT EXISTS (
+            SELECT 1 FROM report.deliveries later
+            WHERE later.report_id = d.report_id AND later.create_time > d.create_time)
+        RETURNING d.report_id::text AS report_id
+        """,
+        (int(DeliveryStatus.PENDING), clinic_id, idempotency_key, int(DeliveryStatus.FAILED)),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return False
+    await set_delivery_status(conn, row["report_id"], DeliveryStatus.PENDING)
+    return True

@@ -261,3 +261,13 @@ async def mark_event_processed(conn: Connection, event_id: str) -> bool:
         (event_id,),
     )
     return cur.rowcount == 1
+
+
+async def reopen_failed_report(conn: Connection, clinic_id: str, report_id: str) -> bool:
+    """Put a FAILED report back to PENDING (a replayed dead letter); True when it was FAILED."""
+    cur = await conn.execute(
+        "UPDATE report.reports SET status = %s, failure_reason = '', update_time = now() "
+        "WHERE report_id = %s AND clinic_id = %s AND status = %s RETURNING report_id",
+        (int(ReportStatus.PENDING), report_id, clinic_id, int(ReportStatus.FAILED)),
+    )
+    return await cur.fetchone() is not None

@@ -106,8 +106,11 @@ async def test_streams_and_consumers_are_declared_idempotently_as_configured(
     for spec in topology.consumer_specs():
         consumer = (await js.consumer_info(topology.jobs_stream, spec.durable)).config
         assert consumer.ack_policy == AckPolicy.EXPLICIT
-        assert consumer.max_deliver == 3
-        assert consumer.backoff == list(spec.backoff_s)
+        # The attempt limit is the consumers' (medmesh.settle): the server never drops a job.
+        assert consumer.max_deliver == -1
+        assert spec.max_attempts == topology.max_attempts == 4
+        assert consumer.ack_wait == spec.ack_wait_s == 30
+        assert not consumer.backoff
         assert consumer.filter_subject == spec.filter_subject
     streams = await all_stream_names(js)
     assert sorted(n for n in streams if n and n.startswith(topology.stream_prefix + "_")) == sorted(

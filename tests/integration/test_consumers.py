@@ -258,3 +258,45 @@ async def test_up_to_concurrency_batches_are_handled_at_once(bus: Nats) -> None:
         release.set()
         await bus.assert_unsettled((0, 0))
     assert most == 2
+
+
+@pytest.mark.parametrize(
+    ("heartbeat_limit_s", "deliveries"),
+    [
+        pytest.param(600.0, [1], id="heartbeats-keep-a-long-batch-from-being-redelivered"),
+        pytest.param(0.5, [1, 2], id="a-batch-stuck-past-the-heartbeat-limit-lets-it-go"),
+    ],
+)
+async def test_a_batch_that_outlasts_the_ack_wait_keeps_its_messages_with_heartbeats(
+    bus: Nats, heartbeat_limit_s: float, deliveries: list[int]
+) -> None:
+    """The handler works 3.5 s on a consumer whose ack wait is 1 s; a second slot is free to
+    fetch a redelivery meanwhile. In-progress heartbeats keep the message with its worker."""
+    seen: list[int] = []
+    first_done = asyncio.Event()
+
+    async def handle(messages: Sequence[Msg]) -> None:
+        for msg in messages:
+            seen.append(msg.metadata.num_delivered)
+        if len(seen) == 1:
+            await asyncio.sleep(3.5)
+        for msg in messages:
+            await msg.ack()
+        first_done.set()
+
+    await bus.publish(b"long")
+    async with AsyncExitStack() as stack:
+        consumer = PullConsumer(
+            bus.js,
+            bus.stream,
+            bus.config(ack_wait_s=1.0),
+            handle,
+            batch_size=1,
+            concurrency=2,
+            heartbeat_limit_s=heartbeat_limit_s,
+        )
+        await consumer.start(stack)
+        await wait_for(first_done, "the long batch")
+        await asyncio.sleep(1.5)  # more than the ack wait: a redelivery would show by now
+    assert seen == deliveries
+    await bus.assert_unsettled((0, 0))

@@ -1,5 +1,5 @@
-"""Failing jobs: exactly three attempts, the dead-letter stream, InferenceFailed, listing and
-replaying dead letters (admin only, per clinic)."""
+"""Failing jobs: exactly MEDMESH_JOB_MAX_ATTEMPTS attempts (4 by default), the dead-letter
+stream, InferenceFailed, listing and replaying dead letters (admin only, per clinic)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from medmesh.objects import RAW_IMAGES
 NOT_AN_IMAGE = b"\x89PNG\r\n\x1a\n but the rest is not a PNG at all"
 
 
-async def test_a_job_whose_preprocessing_always_fails_is_tried_three_times_then_replayed(
+async def test_a_job_whose_preprocessing_always_fails_is_tried_four_times_then_replayed(
     infer: InferHarness,
 ) -> None:
     # No sha256 in the job: the file is "fixed" later by replacing the object.
@@ -26,7 +26,8 @@ async def test_a_job_whose_preprocessing_always_fails_is_tried_three_times_then_
         "SELECT * FROM infer.dead_letters WHERE clinic_id = %s", (CLINIC,), timeout_s=120
     )
     letter = letters[0]
-    assert letter["attempts"] == 3
+    assert infer.topology.max_attempts == 4  # once, then three retries
+    assert letter["attempts"] == 4
     assert letter["subject"] == infer.topology.infer_image_subject
     assert "PreprocessingError" in letter["error"] or "decode" in letter["error"]
     assert InferenceJob.FromString(bytes(letter["payload"])).job_id == job.job_id
@@ -34,15 +35,15 @@ async def test_a_job_whose_preprocessing_always_fails_is_tried_three_times_then_
     envelopes = await infer.messages(
         infer.topology.dlq_subject(infer.topology.infer_image_subject), DeadLetterEnvelope
     )
-    assert [(e.attempts, e.clinic_id) for e in envelopes] == [(3, CLINIC)]
+    assert [(e.attempts, e.clinic_id) for e in envelopes] == [(4, CLINIC)]
     failed = await infer.messages(infer.topology.result_failed_subject, InferenceFailed)
-    assert [(f.job_id, f.attempts) for f in failed] == [(job.job_id, 3)]
+    assert [(f.job_id, f.attempts) for f in failed] == [(job.job_id, 4)]
 
-    await asyncio.sleep(1.5)  # longer than every backoff: a 4th attempt would show by now
+    await asyncio.sleep(1.5)  # longer than every backoff: a 5th attempt would show by now
     attempts = await infer.query(
         "SELECT attempts FROM infer.job_failures WHERE job_id = %s", (job.job_id,)
     )
-    assert attempts == [{"attempts": 3}]
+    assert attempts == [{"attempts": 4}]
     assert await infer.query("SELECT 1 FROM infer.results WHERE file_id = %s", (job.file_id,)) == []
 
     listed = await infer.inference.list_dead_letters(

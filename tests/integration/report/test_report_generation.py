@@ -216,7 +216,7 @@ async def test_a_report_whose_results_never_appear_fails_after_its_attempts_and_
         reports.topology.dlq_subject(reports.topology.report_subject), DeadLetterEnvelope
     )
     assert len(letters) == 1
-    assert letters[0].attempts == 3
+    assert letters[0].attempts == 4  # MEDMESH_JOB_MAX_ATTEMPTS: once, then three retries
     assert ReportJob.FromString(letters[0].payload).report_id == str(row["report_id"])
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await reports.download(f"reports/{row['report_id']}")
