@@ -7,13 +7,15 @@ import { useEffect, useRef } from "react";
 const ACTIVE = "script, iframe, object, embed, link, meta, base, form";
 
 export function sanitizeReport(html: string): { body: DocumentFragment; css: string } {
-  const doc = new DOMParser().parseFromString(html, "text/html");
-  const css = Array.from(doc.querySelectorAll("style"))
-    .map((s) => s.textContent ?? "")
+  // Styles are taken out before parsing: parsing them, even inert, reports CSP violations.
+  const styles = /<style[^>]*>([\s\S]*?)<\/style>/gi;
+  const css = Array.from(html.matchAll(styles), (m) => m[1])
     .join("\n")
     // xhtml2pdf's page rules mean nothing on screen; `body` is the shadow root's wrapper.
     .replace(/@page\s*\{(?:[^{}]|\{[^{}]*\})*\}/g, "")
     .replace(/(^|[\s,}])body(?=[\s,{])/g, "$1.report-body");
+  const markup = html.replace(styles, "").replace(/\sstyle\s*=\s*("[^"]*"|'[^']*')/gi, "");
+  const doc = new DOMParser().parseFromString(markup, "text/html");
   doc.querySelectorAll(`${ACTIVE}, style`).forEach((el) => el.remove());
   doc.querySelectorAll("*").forEach((el) => {
     for (const attr of Array.from(el.attributes)) {

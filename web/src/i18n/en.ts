@@ -130,7 +130,7 @@ export const en = {
   "detail.version": "version",
   "detail.preprocessing": "Preprocessing",
   "detail.arm": "Traffic arm",
-  "detail.timings": "Inference time",
+  "detail.timings": "Time to result",
   "detail.reports": "Reports",
   "detail.noReports": "No report yet.",
   "detail.openReport": "Open report",

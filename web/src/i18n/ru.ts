@@ -132,7 +132,7 @@ export const ru: Record<MessageKey, string> = {
   "detail.version": "версия",
   "detail.preprocessing": "Предобработка",
   "detail.arm": "Ветка трафика",
-  "detail.timings": "Время анализа",
+  "detail.timings": "Время до результата",
   "detail.reports": "Отчёты",
   "detail.noReports": "Отчёта пока нет.",
   "detail.openReport": "Открыть отчёт",

@@ -2,13 +2,16 @@
 // the browser like svc_ingest checks them), a clinical note; then one study is created and
 // every file goes up with its own progress bar.
 import { useRef, useState, type DragEvent, type FormEvent } from "react";
+import { StudyStatus } from "@gen/medmesh/common/v1/common_pb";
 import { toDisplayError, type DisplayError } from "../api/errors";
 import { useAction } from "../api/hooks";
 import { Link } from "../app/router";
 import { useApi } from "../app/services";
 import { ErrorNotice } from "../components/ErrorNotice";
 import { TextAreaField, TextField } from "../components/Field";
-import { Page, ProgressBar } from "../components/misc";
+import { LiveIndicator } from "../components/LiveIndicator";
+import { Page, ProgressBar, StudyStatusBadge } from "../components/misc";
+import { useStudyWatch } from "../study/useWatch";
 import { useI18n, type Translate, type Formatters } from "../i18n";
 import { PutFailed, uploadImage } from "../upload/transfer";
 import { checkImageFile, checkNote, type CheckedFile, type Problem } from "../upload/validation";
@@ -37,6 +40,18 @@ export function describeProblem(problem: Problem, name: string, t: Translate, fm
 }
 
 let nextRowId = 1;
+
+/** The new study's status, live from the moment it exists (uploads, analysis, report). */
+function CreatedStudyStatus({ name }: { name: string }) {
+  const { t } = useI18n();
+  const watch = useStudyWatch(name);
+  if (!watch.last) return null;
+  return (
+    <div className="created-status" data-testid="new-study-status" data-status={StudyStatus[watch.last.status]}>
+      <span className="muted">{t("detail.status")}:</span> <StudyStatusBadge status={watch.last.status} /> <LiveIndicator state={watch.state} />
+    </div>
+  );
+}
 
 export function NewStudyPage() {
   const { t, fmt } = useI18n();
@@ -182,6 +197,7 @@ export function NewStudyPage() {
         <ErrorNotice error={create.error} retrying={create.retrying} claimed={["patient_ref", "description"]} />
         <ErrorNotice error={noteError} claimed={["text"]} />
         <div className="page-actions">
+          {studyName ? <CreatedStudyStatus name={studyName} /> : null}
           {finished ? (
             <Link className="button button-primary" to={`/studies/${studyId}`} data-testid="open-study">
               {t("new.openStudy")}

@@ -47,7 +47,6 @@ function StudyRow({ study, live }: { study: Study; live: boolean }) {
       <td>
         <StudyStatusBadge status={status} /> {live ? <LiveIndicator state={watch.state} /> : null}
       </td>
-      <td className="num">{fmt.number(study.files.length)}</td>
       <td>{fmt.dateTime(study.createTime)}</td>
       <td>{fmt.dateTime(study.updateTime)}</td>
     </tr>
@@ -133,7 +132,6 @@ export function StudiesPage() {
                 <th>{t("studies.study")}</th>
                 <th>{t("studies.filterPatient")}</th>
                 <th>{t("studies.filterStatus")}</th>
-                <th className="num">{t("studies.files")}</th>
                 <th>{t("studies.created")}</th>
                 <th>{t("studies.updated")}</th>
               </tr>

@@ -132,9 +132,11 @@ function AuditTrail({ studyName, version }: { studyName: string; version: number
             <tbody>
               {events.map((e) => (
                 <tr key={e.auditEventId}>
-                  <td>{fmt.dateTime(e.eventTime)}</td>
+                  <td className="nowrap">{fmt.dateTime(e.eventTime)}</td>
                   <td>
-                    {e.actor}
+                    <span className="mono" title={e.actor}>
+                      {e.actor.startsWith("users/") ? e.actor.slice(6, 14) : e.actor.replace(/^services\//, "")}
+                    </span>
                     <div className="muted">{e.actorRoles.map((r) => Role[r].toLowerCase()).join(", ")}</div>
                   </td>
                   <td className="mono">{e.action}</td>
