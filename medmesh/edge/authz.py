@@ -174,7 +174,12 @@ def decision_of(response: CheckResponse) -> Decision:
 # above stays the reference the tests compare with (tests/unit/test_edge_authz_wire.py).
 
 
+_SMALL_VARINTS = tuple(bytes((value,)) for value in range(0x80))
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _SMALL_VARINTS[value]
     if value < 0:
         value += 1 << 64  # int32/int64 negatives: ten bytes of two's complement
     out = bytearray()

@@ -9,10 +9,12 @@ answers 400 with a google.rpc.BadRequest exactly like a service would.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from betterproto2 import TYPE_MAP, TYPE_MESSAGE, Casing, Message, OutputFormat, _value_to_dict
 from google.protobuf import descriptor
 
 from medmesh.edge.routes import RestMatch
@@ -223,7 +225,7 @@ def build_request(match: RestMatch, query: Sequence[tuple[str, str]], body: byte
 
 def response_json(message: Any, response_body: str = "") -> bytes:
     """A response message (or its `response_body` field) as compact proto-JSON bytes."""
-    data: Any = message.to_dict()
+    data: Any = message_dict(message)
     if response_body:
         for name in response_body.split("."):
             data = data.get(_camel(name), data.get(name)) if isinstance(data, Mapping) else None
@@ -233,3 +235,62 @@ def response_json(message: Any, response_body: str = "") -> bytes:
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
+
+
+# betterproto2's `Message.to_dict` resolves the class's type hints (typing.get_type_hints) and
+# re-cases every field name with regular expressions on every call: ~0.2-0.3 ms for a small
+# response, most of the edge's transcoding cost. `message_dict` is the same walk with both
+# done once per class; values are still converted by betterproto2 itself, and messages that
+# print themselves (Timestamp, Duration, wrappers, Struct, ...) still do.
+_FieldRow = tuple[str, str, Any, Any]
+
+
+@functools.cache
+def _fields_of(cls: type) -> tuple[_FieldRow, ...]:
+    hints = cls._type_hints()  # type: ignore[attr-defined]
+    rows = []
+    for name, meta in cls._betterproto.meta_by_field_name.items():  # type: ignore[attr-defined]
+        hint = hints[name]
+        rows.append((name, Casing.CAMEL(name).rstrip("_"), meta, hint))  # type: ignore[operator]
+    return tuple(rows)
+
+
+def _leaf(value: Any, meta: Any, field_type: Any, unwrap: Any) -> tuple[Any, bool]:
+    if meta.proto_type == TYPE_MESSAGE and unwrap is None:
+        return message_dict(value), False
+    return _value_to_dict(
+        value, meta.proto_type, field_type, unwrap, OutputFormat.PROTO_JSON, Casing.CAMEL, False
+    )
+
+
+def message_dict(message: Any) -> dict[str, Any]:
+    """`message.to_dict()` (proto-JSON: lowerCamel names, defaults omitted), faster."""
+    cls = type(message)
+    if cls.to_dict is not Message.to_dict:  # a well-known type with its own JSON form
+        return message.to_dict()
+    if message._is_pydantic():
+        message._validate()
+    output: dict[str, Any] = {}
+    for name, cased, meta, hint in _fields_of(cls):
+        value = getattr(message, name)
+        if meta.repeated:
+            items = [_leaf(item, meta, hint.__args__[0], meta.unwrap)[0] for item in value]
+            if items:
+                output[cased] = items
+        elif meta.proto_type == TYPE_MAP:
+            key_type, value_type = hint.__args__
+            key_meta, value_meta = meta.map_meta
+            entries = {
+                _leaf(k, key_meta, key_type, None)[0]: _leaf(
+                    v, value_meta, value_type, value_meta.unwrap
+                )[0]
+                for k, v in value.items()
+            }
+            if entries:
+                output[cased] = entries
+        elif value is not None:
+            field_type = hint.__args__[0] if meta.optional else hint
+            converted, is_default = _leaf(value, meta, field_type, meta.unwrap)
+            if meta.optional or not is_default:
+                output[cased] = converted
+    return output
