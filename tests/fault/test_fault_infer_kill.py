@@ -1,0 +1,143 @@
+"""kill -9 of svc_infer in the middle of a batch, several times during one run of jobs: every
+job ends with exactly one result (none lost, none duplicated, no dead letter), and each
+result is announced once.
+
+CI runs 60 jobs with 3 kills; MEDMESH_FAULT_FULL=1 runs the issue's 200 jobs with 3 kills.
+The ack wait is shortened (MEDMESH_JOB_ACK_WAIT_S=2) so a killed batch comes back quickly;
+attempts stay at the default 4, so a job caught in all three killed batches still gets a
+fourth attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fault_stack import FaultStack, ServiceProcess, full_run
+from support.jetstream import published
+
+from gen.medmesh.common.v1 import FileKind
+from gen.medmesh.events.v1 import DeadLetterEnvelope, InferenceJob, ResultReady
+from medmesh.jetstream import publish_message
+from medmesh.objects import RAW_IMAGES, ObjectStore
+
+CLINIC = "clinic-a"
+KILLS = 3
+NOTE = (
+    "Patient {n} presents with a productive cough and fever for three days. "
+    "Crackles over the right lower lobe. Chest X-ray requested."
+)
+RESULTS_SQL = "SELECT count(*) FROM infer.results"
+PROGRESS_TIMEOUT_S = 180.0
+
+
+def infer_env(stack: FaultStack, model_server_address: str) -> dict[str, str]:
+    """svc_infer's variables for the fault tests."""
+    return {
+        "MEDMESH_INFER_TF_SERVING_ADDR": model_server_address,
+        "MEDMESH_INFER_BATCH_SIZE": "8",
+        "MEDMESH_INFER_RETRY_BACKOFF_S": "0.5,1",
+        "MEDMESH_JOB_ACK_WAIT_S": "2",
+    }
+
+
+async def enqueue_notes(
+    stack: FaultStack, js: Any, objects: ObjectStore, count: int
+) -> list[InferenceJob]:
+    """`count` notes in the raw bucket, each with its text job (one study per note), the
+    way svc_ingest's relay publishes them."""
+    jobs = []
+    for n in range(count):
+        data = NOTE.format(n=n).encode()
+        study_id, file_id = str(uuid.uuid4()), str(uuid.uuid4())
+        key = f"{CLINIC}/{study_id}/{file_id}"
+        await objects.put_bytes(RAW_IMAGES, key, data, content_type="text/plain; charset=utf-8")
+        job = InferenceJob(
+            job_id=str(uuid.uuid4()),
+            clinic_id=CLINIC,
+            study_id=study_id,
+            file_id=file_id,
+            kind=FileKind.TEXT_NOTE,
+            bucket=RAW_IMAGES,
+            object_key=key,
+            content_type="text/plain; charset=utf-8",
+            sha256=hashlib.sha256(data).hexdigest(),
+            enqueue_time=datetime.now(UTC),
+            study_file_count=1,
+        )
+        await publish_message(js, stack.topology.infer_text_subject, job, msg_id=job.job_id)
+        jobs.append(job)
+    return jobs
+
+
+async def wait_for_results(stack: FaultStack, at_least: int, process: ServiceProcess) -> int:
+    """Poll until at least `at_least` results are stored; the count."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
+    while (done := await stack.count(RESULTS_SQL)) < at_least:
+        assert process.running, f"svc_infer died on its own: see {process.log_path}"
+        assert time.monotonic() < deadline, f"stuck at {done} of {at_least} results"
+        await asyncio.sleep(0.05)
+    return done
+
+
+async def in_hand(js: Any, stack: FaultStack) -> int:
+    """Jobs delivered to a worker and not yet acked (a batch in progress)."""
+    spec = stack.topology.infer_text_consumer
+    info = await js.consumer_info(spec.stream, spec.durable)
+    return int(info.num_ack_pending or 0)
+
+
+async def kill_mid_batch(js: Any, stack: FaultStack, process: ServiceProcess) -> int:
+    """SIGKILL the worker while it holds unacked jobs; how many it held."""
+    while True:
+        held = await in_hand(js, stack)
+        if held:
+            await process.kill9()
+            return held
+        await asyncio.sleep(0.01)
+
+
+async def test_svc_infer_killed_mid_batch_three_times_loses_and_duplicates_no_job(
+    fault_stack: FaultStack,
+    fault_js: Any,
+    fault_objects: ObjectStore,
+    model_server_address: str,
+) -> None:
+    total = 200 if full_run() else 60
+    began = time.monotonic()
+    worker = fault_stack.service("infer", "infer", **infer_env(fault_stack, model_server_address))
+    start_times = [await worker.start()]
+    jobs = await enqueue_notes(fault_stack, fault_js, fault_objects, total)
+
+    held: list[int] = []
+    for kill in range(1, KILLS + 1):
+        # Spread the kills over the run: after about 1/5, 2/5, 3/5 of the results.
+        await wait_for_results(fault_stack, total * kill // (KILLS + 2), worker)
+        held.append(await kill_mid_batch(fault_js, fault_stack, worker))
+        start_times.append(await worker.start())
+    await wait_for_results(fault_stack, total, worker)
+    await asyncio.sleep(3)  # past the ack wait: a late duplicate would show by now
+    elapsed = time.monotonic() - began
+
+    rows = await fault_stack.query(
+        "SELECT file_id, count(*) AS n FROM infer.results GROUP BY file_id"
+    )
+    assert {r["file_id"]: r["n"] for r in rows} == {job.file_id: 1 for job in jobs}
+    assert all(held), "every kill hit a batch in hand"
+    assert await fault_stack.count("SELECT count(*) FROM infer.dead_letters") == 0
+    dlq = fault_stack.topology.dlq_subject(fault_stack.topology.infer_text_subject)
+    assert await published(fault_js, dlq, DeadLetterEnvelope, count=0, timeout_s=1) == []
+    ready = await published(
+        fault_js, fault_stack.topology.result_ready_subject, ResultReady, count=total
+    )
+    assert sorted(e.file_id for e in ready) == sorted(job.file_id for job in jobs)
+    spec = fault_stack.topology.infer_text_consumer
+    info = await fault_js.consumer_info(spec.stream, spec.durable)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    print(  # noqa: T201 - the measured numbers, for the README (pytest -s)
+        f"\nfault kill -9: {total} jobs, {KILLS} kills (jobs in hand: {held}), "
+        f"starts {[round(s, 1) for s in start_times]} s, total {elapsed:.1f} s"
+    )
