@@ -1,6 +1,7 @@
 // The frame around every screen: brand, navigation (by the route table and the user's roles),
 // language switch, the signed-in user and sign-out.
 import type { ReactNode } from "react";
+import { ApprovalState } from "@gen/medmesh/auth/v1/user_pb";
 import { LOCALES, useI18n, type Locale } from "../i18n";
 import { Link, useRouter } from "./router";
 import { ROUTES, canOpen } from "./routes";
@@ -63,6 +64,11 @@ export function Layout({ children }: { children: ReactNode }) {
         </div>
       </header>
       <main id="main" className="main">
+        {user?.approvalState === ApprovalState.PENDING ? (
+          <div className="notice notice-warn" role="status" data-testid="pending-approval">
+            {t("nav.pendingApproval")}
+          </div>
+        ) : null}
         {children}
       </main>
     </div>

@@ -6,6 +6,7 @@ export const en = {
   "nav.newStudy": "New study",
   "nav.signOut": "Sign out",
   "nav.language": "Language",
+  "nav.pendingApproval": "Your account is waiting for a clinic admin to approve it; until then no clinic data is shown.",
   "nav.skip": "Skip to content",
 
   "status.unavailable": "Service unavailable, retrying…",

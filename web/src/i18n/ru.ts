@@ -8,6 +8,7 @@ export const ru: Record<MessageKey, string> = {
   "nav.newStudy": "Новое исследование",
   "nav.signOut": "Выйти",
   "nav.language": "Язык",
+  "nav.pendingApproval": "Учётная запись ждёт одобрения администратором клиники; до этого данные клиники недоступны.",
   "nav.skip": "Перейти к содержимому",
 
   "status.unavailable": "Сервис недоступен, повторяем попытку…",
