@@ -36,6 +36,7 @@ from jwt.algorithms import OKPAlgorithm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _results import record  # noqa: E402
 from envoy_data_plane.envoy.service.auth.v3 import CheckRequest, CheckResponse  # noqa: E402
 
 from gen.medmesh.auth.v1 import LoginRequest  # noqa: E402
@@ -88,6 +89,15 @@ async def bench_verifications(count: int) -> None:
     print(f"token verifications/s   TokenVerifier {verifier_rate:10.0f}")
     print(f"                        floor: bare Ed25519 verify {floor_rate:10.0f}")
     print(f"                        ratio verifier/floor {verifier_rate / floor_rate:.2f}")
+    record(
+        "bench_auth.py",
+        "token verifications/s in-process",
+        round(verifier_rate),
+        "/s",
+        floor=round(floor_rate),
+        floor_name="bare Ed25519 verify",
+        ratio=round(verifier_rate / floor_rate, 2),
+    )
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:
@@ -144,6 +154,15 @@ async def bench_check(address: str, calls: int) -> None:
     print(f"  floor: health Check   p50 {health_p50:7.3f}   p99 {health_p99:7.3f}")
     p50_ratio, p99_ratio = check_p50 / health_p50, check_p99 / health_p99
     print(f"  ratio Check/health    p50 {p50_ratio:7.2f}   p99 {p99_ratio:7.2f}")
+    record(
+        "bench_auth.py",
+        f"Check RPC p50 (p99 {check_p99:.2f} ms)",
+        round(check_p50, 3),
+        "ms",
+        floor=round(health_p50, 3),
+        floor_name=f"gRPC health Check p50 (p99 {health_p99:.2f} ms)",
+        ratio=round(p50_ratio, 2),
+    )
 
 
 def run_service(urls: dict[str, str], workdir: Path) -> tuple[subprocess.Popen[bytes], str]:

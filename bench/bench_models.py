@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow's first 
 
 import numpy as np
 import tensorflow as tf
+from _results import record
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from svc_infer.model_server.client import open_channel
@@ -162,6 +163,15 @@ def main() -> None:
         print(
             f"{model:8} batch {batch}: served {figure:8.1f} {unit[model]:9} "
             f"bare SavedModel {floor:8.1f}  ratio {figure / floor:.2f}"
+        )
+        record(
+            "bench_models.py",
+            f"{model} via the model server, batch {batch}",
+            round(figure, 1),
+            unit[model],
+            floor=round(floor, 1),
+            floor_name="bare SavedModel in-process",
+            ratio=round(figure / floor, 2),
         )
     for model in unit:
         (_, _, b1, s1), (_, _, b8, s8) = [r for r in results if r[0] == model]

@@ -8,9 +8,11 @@ All figures are in-process (svc_report.render: jinja2 HTML, then xhtml2pdf), med
 1. A 1-page report (an image with a thumbnail and 5 findings, a note with 3) against the
    floor of xhtml2pdf rendering a bare one-line HTML page: ratio = what the report's content
    and layout cost over the renderer's fixed cost.
-2. 100 vs 500 findings (one image result with that many labels): the time ratio against the
-   linear ratio 5.0 (1.0 = perfectly linear). Also the same 500 findings laid out as ONE table
-   instead of tables of `table_rows`, to show what the split buys.
+2. P5, linearity: the time per finding at 100 and at 500 findings (one image result with that
+   many labels), each with the fixed cost subtracted (the same report with 0 findings, same
+   run): (t(N) - t(0)) / N. Linear means the same time per finding at both sizes; the goal
+   is that 500 costs at most 1.2x per finding what 100 does. Also the same 500 findings laid
+   out as ONE table instead of tables of `table_rows`, to show what the split buys.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _results import record  # noqa: E402
 
 from gen.medmesh.common.v1 import AnalysisKind, FileKind  # noqa: E402
 from svc_report.model import AnalysisResult, Score, Study, StudyFile  # noqa: E402
@@ -101,9 +105,11 @@ def main() -> None:
     )
     print(f"  report HTML (jinja2)          {html_time * 1000:8.1f} ms")
 
+    html_0 = render_html(_facts(0, with_note=False))
     html_100 = render_html(_facts(100, with_note=False))
     html_500 = render_html(_facts(500, with_note=False))
     html_500_one_table = render_html(_facts(500, with_note=False), table_rows=10_000)
+    t0 = _median_s(lambda: render_pdf(html_0), args.repeat)
     t100 = _median_s(lambda: render_pdf(html_100), args.repeat)
     t500 = _median_s(lambda: render_pdf(html_500), args.repeat)
     t500_one = _median_s(lambda: render_pdf(html_500_one_table), args.repeat)
@@ -118,6 +124,34 @@ def main() -> None:
     print(
         f"  500 findings, ONE table       {t500_one * 1000:8.1f} ms  "
         f"ratio to split {t500_one / t500:4.2f}x"
+    )
+    per_100, per_500 = (t100 - t0) / 100, (t500 - t0) / 500
+    linearity = per_500 / per_100
+    print(f"  fixed cost: 0 findings PDF    {t0 * 1000:8.1f} ms")
+    print(
+        f"  per finding, fixed cost out   100: {per_100 * 1e3:6.3f} ms"
+        f"   500: {per_500 * 1e3:6.3f} ms"
+        f"   500/100 {linearity:4.2f} (linear 1.00, goal <= 1.20)"
+    )
+    record(
+        "bench_report.py",
+        "1-page report PDF",
+        round(one_page * 1000, 1),
+        "ms",
+        floor=round(floor * 1000, 1),
+        floor_name="bare 1-line PDF",
+        ratio=round(one_page / floor, 1),
+    )
+    record(
+        "bench_report.py",
+        f"P5: PDF time per finding at 500 (fixed cost {t0 * 1000:.0f} ms subtracted)",
+        round(per_500 * 1000, 3),
+        "ms",
+        floor=round(per_100 * 1000, 3),
+        floor_name="per finding at 100",
+        ratio=round(linearity, 2),
+        goal="<= 1.2 (linear: 1.0)",
+        met=linearity <= 1.2,
     )
 
 
