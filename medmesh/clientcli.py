@@ -288,6 +288,12 @@ async def _results(client: MedmeshClient, args: argparse.Namespace, _err: Consol
             found = ", ".join(f"{s.label} {s.score:.2f}" for s in result.image.top_k[:3])
         elif result.text is not None:
             found = ", ".join(f"{s.label} {s.score:.2f}" for s in result.text.findings[:3])
+            if result.text.outside_model_languages:
+                languages = ", ".join(result.text.model_languages)
+                found += (
+                    f" [note in {result.text.language or '?'}: outside the model's"
+                    f" languages ({languages}); scores unreliable]"
+                )
         else:
             found = ""
         print(f"{file_names.get(result.file, result.file)}\t{model}\t{found}")
