@@ -4,21 +4,36 @@ and the environment they share."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
+import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from medmesh.jetstream import Topology
+from gen.medmesh.common.v1 import FileKind
+from gen.medmesh.events.v1 import InferenceJob
+from medmesh.jetstream import Topology, publish_message
+from medmesh.objects import RAW_IMAGES, ObjectStore
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
+PROGRESS_TIMEOUT_S = 180.0
+CLINIC = "clinic-a"
+NOTE = (
+    "Patient {n} presents with a productive cough and fever for three days. "
+    "Crackles over the right lower lobe. Chest X-ray requested."
+)
 
 
 @dataclass
@@ -30,6 +45,8 @@ class ServiceProcess:
     log_path: Path
     process: asyncio.subprocess.Process | None = None
     starts: int = 0
+    ready: dict[str, str] = field(default_factory=dict)
+    """What the running process wrote to its ready file (its gRPC and metrics addresses)."""
 
     async def start(self) -> float:
         """Start it and wait until it wrote its ready file (it is SERVING); the seconds that
@@ -55,7 +72,23 @@ class ServiceProcess:
             if loop.time() - began > START_TIMEOUT_S:
                 raise AssertionError(f"{self.module} not ready in {START_TIMEOUT_S} s")
             await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the file is written in one go, but not atomically
+        self.ready = json.loads(ready.read_text())
         return loop.time() - began
+
+    async def metric(self, name: str) -> float:
+        """The sum of a Prometheus metric's samples on the running process's /metrics."""
+        url = f"http://{self.ready['metrics']}/metrics"
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+
+        total = 0.0
+        for line in (await asyncio.to_thread(scrape)).splitlines():
+            if line.startswith((f"{name}{{", f"{name} ")):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
 
     @property
     def running(self) -> bool:
@@ -110,6 +143,11 @@ class FaultStack:
             cur = await conn.execute(sql, params)  # type: ignore[arg-type]
             return await cur.fetchall()
 
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        """Run a statement against the test's database."""
+        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as c:
+            await c.execute(sql, params)  # type: ignore[arg-type]
+
     async def count(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """The single number a `SELECT count(*) ...` returns (0 before the table exists)."""
         try:
@@ -122,3 +160,79 @@ class FaultStack:
 def full_run() -> bool:
     """MEDMESH_FAULT_FULL=1 runs the issue's full sizes (slower); CI runs smaller ones."""
     return os.environ.get("MEDMESH_FAULT_FULL", "") == "1"
+
+
+def infer_env(stack: FaultStack, model_server_address: str) -> dict[str, str]:
+    """svc_infer's variables for the fault tests."""
+    return {
+        "MEDMESH_INFER_TF_SERVING_ADDR": model_server_address,
+        "MEDMESH_INFER_BATCH_SIZE": "8",
+        "MEDMESH_INFER_RETRY_BACKOFF_S": "0.5,1",
+        "MEDMESH_JOB_ACK_WAIT_S": "2",
+    }
+
+
+async def enqueue_notes(
+    stack: FaultStack, js: Any, objects: ObjectStore, count: int, *, with_studies: bool = False
+) -> list[InferenceJob]:
+    """`count` notes in the raw bucket, each with its text job (one study per note), the
+    way svc_ingest's relay publishes them; `with_studies` also writes the study and file
+    rows svc_ingest would have (svc_report reads them)."""
+    jobs = []
+    for n in range(count):
+        data = NOTE.format(n=n).encode()
+        study_id, file_id = str(uuid.uuid4()), str(uuid.uuid4())
+        key = f"{CLINIC}/{study_id}/{file_id}"
+        await objects.put_bytes(RAW_IMAGES, key, data, content_type="text/plain; charset=utf-8")
+        if with_studies:
+            await stack.execute(
+                "INSERT INTO ingest.studies (study_id, clinic_id, patient_ref, description,"
+                " status, creator, create_time, update_time)"
+                " VALUES (%s, %s, %s, 'fault suite', 4, 'users/u1', now(), now())",
+                (study_id, CLINIC, f"PAT-{n:04d}"),
+            )
+            await stack.execute(
+                "INSERT INTO ingest.medical_data (file_id, study_id, clinic_id, kind, file_name,"
+                " content_type, size_bytes, sha256, object_key, status, create_time,"
+                " update_time) VALUES (%s, %s, %s, %s, 'note.txt', 'text/plain; charset=utf-8',"
+                " %s, %s, %s, 5, now(), now())",
+                (
+                    file_id,
+                    study_id,
+                    CLINIC,
+                    int(FileKind.TEXT_NOTE),
+                    len(data),
+                    hashlib.sha256(data).hexdigest(),
+                    key,
+                ),
+            )
+        job = InferenceJob(
+            job_id=str(uuid.uuid4()),
+            clinic_id=CLINIC,
+            study_id=study_id,
+            file_id=file_id,
+            kind=FileKind.TEXT_NOTE,
+            bucket=RAW_IMAGES,
+            object_key=key,
+            content_type="text/plain; charset=utf-8",
+            sha256=hashlib.sha256(data).hexdigest(),
+            enqueue_time=datetime.now(UTC),
+            study_file_count=1,
+        )
+        await publish_message(js, stack.topology.infer_text_subject, job, msg_id=job.job_id)
+        jobs.append(job)
+    return jobs
+
+
+async def wait_for_count(
+    stack: FaultStack, sql: str, at_least: int, processes: list[ServiceProcess]
+) -> int:
+    """Poll `SELECT count(*) ...` until it is at least `at_least`; the count. Fails when
+    one of `processes` dies on its own, or after PROGRESS_TIMEOUT_S."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
+    while (done := await stack.count(sql)) < at_least:
+        for process in processes:
+            assert process.running, f"{process.module} died on its own: see {process.log_path}"
+        assert time.monotonic() < deadline, f"stuck at {done} of {at_least}: {sql}"
+        await asyncio.sleep(0.05)
+    return done

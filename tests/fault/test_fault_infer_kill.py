@@ -10,77 +10,24 @@ fourth attempt."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
-from fault_stack import FaultStack, ServiceProcess, full_run
+from fault_stack import (
+    FaultStack,
+    ServiceProcess,
+    enqueue_notes,
+    full_run,
+    infer_env,
+    wait_for_count,
+)
 from support.jetstream import published
 
-from gen.medmesh.common.v1 import FileKind
-from gen.medmesh.events.v1 import DeadLetterEnvelope, InferenceJob, ResultReady
-from medmesh.jetstream import publish_message
-from medmesh.objects import RAW_IMAGES, ObjectStore
+from gen.medmesh.events.v1 import DeadLetterEnvelope, ResultReady
+from medmesh.objects import ObjectStore
 
-CLINIC = "clinic-a"
 KILLS = 3
-NOTE = (
-    "Patient {n} presents with a productive cough and fever for three days. "
-    "Crackles over the right lower lobe. Chest X-ray requested."
-)
 RESULTS_SQL = "SELECT count(*) FROM infer.results"
-PROGRESS_TIMEOUT_S = 180.0
-
-
-def infer_env(stack: FaultStack, model_server_address: str) -> dict[str, str]:
-    """svc_infer's variables for the fault tests."""
-    return {
-        "MEDMESH_INFER_TF_SERVING_ADDR": model_server_address,
-        "MEDMESH_INFER_BATCH_SIZE": "8",
-        "MEDMESH_INFER_RETRY_BACKOFF_S": "0.5,1",
-        "MEDMESH_JOB_ACK_WAIT_S": "2",
-    }
-
-
-async def enqueue_notes(
-    stack: FaultStack, js: Any, objects: ObjectStore, count: int
-) -> list[InferenceJob]:
-    """`count` notes in the raw bucket, each with its text job (one study per note), the
-    way svc_ingest's relay publishes them."""
-    jobs = []
-    for n in range(count):
-        data = NOTE.format(n=n).encode()
-        study_id, file_id = str(uuid.uuid4()), str(uuid.uuid4())
-        key = f"{CLINIC}/{study_id}/{file_id}"
-        await objects.put_bytes(RAW_IMAGES, key, data, content_type="text/plain; charset=utf-8")
-        job = InferenceJob(
-            job_id=str(uuid.uuid4()),
-            clinic_id=CLINIC,
-            study_id=study_id,
-            file_id=file_id,
-            kind=FileKind.TEXT_NOTE,
-            bucket=RAW_IMAGES,
-            object_key=key,
-            content_type="text/plain; charset=utf-8",
-            sha256=hashlib.sha256(data).hexdigest(),
-            enqueue_time=datetime.now(UTC),
-            study_file_count=1,
-        )
-        await publish_message(js, stack.topology.infer_text_subject, job, msg_id=job.job_id)
-        jobs.append(job)
-    return jobs
-
-
-async def wait_for_results(stack: FaultStack, at_least: int, process: ServiceProcess) -> int:
-    """Poll until at least `at_least` results are stored; the count."""
-    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
-    while (done := await stack.count(RESULTS_SQL)) < at_least:
-        assert process.running, f"svc_infer died on its own: see {process.log_path}"
-        assert time.monotonic() < deadline, f"stuck at {done} of {at_least} results"
-        await asyncio.sleep(0.05)
-    return done
 
 
 async def in_hand(js: Any, stack: FaultStack) -> int:
@@ -115,10 +62,10 @@ async def test_svc_infer_killed_mid_batch_three_times_loses_and_duplicates_no_jo
     held: list[int] = []
     for kill in range(1, KILLS + 1):
         # Spread the kills over the run: after about 1/5, 2/5, 3/5 of the results.
-        await wait_for_results(fault_stack, total * kill // (KILLS + 2), worker)
+        await wait_for_count(fault_stack, RESULTS_SQL, total * kill // (KILLS + 2), [worker])
         held.append(await kill_mid_batch(fault_js, fault_stack, worker))
         start_times.append(await worker.start())
-    await wait_for_results(fault_stack, total, worker)
+    await wait_for_count(fault_stack, RESULTS_SQL, total, [worker])
     await asyncio.sleep(3)  # past the ack wait: a late duplicate would show by now
     elapsed = time.monotonic() - began
 
