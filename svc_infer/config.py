@@ -33,7 +33,7 @@ class InferConfig:
     retry_backoff_s: tuple[float, ...] = (30.0, 120.0)
     """MEDMESH_INFER_RETRY_BACKOFF_S: comma-separated delays before the 2nd, 3rd... attempt
     of a job that failed (a nak with delay; the last delay repeats). How many attempts a job
-    gets is the consumer's `max_deliver` in `medmesh.jetstream.Topology` (3)."""
+    gets is MEDMESH_JOB_MAX_ATTEMPTS (4 in total, the same for every consumer)."""
     predict_timeout_s: float = 30.0
     """MEDMESH_INFER_PREDICT_TIMEOUT_S: deadline of one Predict call."""
     top_k: int = 5

@@ -29,7 +29,7 @@ class ReportConfig:
     retry_backoff_s: tuple[float, ...] = (30.0, 120.0)
     """MEDMESH_REPORT_RETRY_BACKOFF_S: comma-separated delays before the 2nd, 3rd attempt of
     a report or delivery job that failed for another reason (database, S3); the consumer's
-    max_deliver (3, medmesh.jetstream.Topology) bounds the attempts."""
+    MEDMESH_JOB_MAX_ATTEMPTS (4 in total, every consumer) bounds the attempts."""
     download_url_ttl_s: int = 300
     """MEDMESH_REPORT_DOWNLOAD_URL_TTL_S: lifetime of a GetReportDownloadUrl URL."""
     table_rows: int = 40
