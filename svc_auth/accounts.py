@@ -1,5 +1,5 @@
-"""Self-service account flows: register, verify e-mail, log in, change and reset passwords,
-and invitations (an admin invites, the invitee accepts).
+"""Self-service account flows: register, verify e-mail, log in, change and reset passwords
+(invitations are in svc_auth.invitations).
 
 Registration joins an existing clinic as a `viewer` *pending approval*: its tokens carry no
 roles, so it reaches no clinic data until an admin of the clinic approves it (ApproveUser).
@@ -40,7 +40,7 @@ from medmesh.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from medmesh.identity import ALL_ROLES, VIEWER, Identity
+from medmesh.identity import VIEWER, Identity
 from svc_auth import mail, store
 from svc_auth.config import AuthConfig, Rate
 from svc_auth.passwords import (
@@ -68,16 +68,26 @@ class LoginResult:
     tokens: TokenPair
 
 
-def _account_key(email: str) -> str:
+def account_key(email: str) -> str:
+    """The name of an address in rate-limit keys and audit details (a hash)."""
     # Rate-limit keys name the address by hash: Redis holds no e-mail addresses.
     return hashlib.sha256(email.encode()).hexdigest()[:32]
 
 
-def _when(moment: datetime) -> str:
+async def enforce_limit(limiter: RateLimiter, bucket: str, subject: str, rate: Rate) -> None:
+    """Count one request against the bucket; RESOURCE_EXHAUSTED (with the wait) if over."""
+    verdict = await limiter.hit(bucket, subject, rate)
+    if not verdict.allowed:
+        raise ResourceExhausted("too many requests; try again later", verdict.retry_after_s)
+
+
+def mail_time(moment: datetime) -> str:
+    """When a mailed link stops working, as the mail says it."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _require_valid(violations: list[FieldViolation | None]) -> None:
+def require_valid(violations: list[FieldViolation | None]) -> None:
+    """INVALID_ARGUMENT naming every violation found, if any."""
     found = [v for v in violations if v is not None]
     if found:
         raise InvalidArgument("; ".join(f"{v.field}: {v.description}" for v in found), found)
@@ -108,7 +118,7 @@ class Accounts:
     ) -> Row:
         """Create an unverified `viewer` of the clinic and queue the verification mail."""
         email = normalize_email(email)
-        _require_valid(
+        require_valid(
             [
                 email_violation("email", email),
                 password_violation("password", password, email=email),
@@ -118,7 +128,7 @@ class Accounts:
         )
         await self._limit("mail-ip", client_ip, self._config.mail_requests_per_ip)
         await self._limit(
-            "mail-address", _account_key(email), self._config.mail_requests_per_address
+            "mail-address", account_key(email), self._config.mail_requests_per_address
         )
         async with self._database.read_connection() as conn:
             if not await store.clinic_exists(conn, clinic_id):
@@ -177,13 +187,13 @@ class Accounts:
     async def login(self, *, email: str, password: str, client_ip: str) -> LoginResult:
         """Check the password (throttled per account and per IP) and start a session."""
         email = normalize_email(email)
-        _require_valid(
+        require_valid(
             [
                 None if email else FieldViolation("email", "is required"),
                 None if password else FieldViolation("password", "is required"),
             ]
         )
-        account = _account_key(email)
+        account = account_key(email)
         await self._count_login_attempt(account, client_ip)
         user = None
         if len(email) <= MAX_EMAIL_LENGTH and len(password) <= MAX_PASSWORD_LENGTH:
@@ -226,8 +236,8 @@ class Accounts:
     async def change_password(self, caller: Identity, current: str, new: str) -> None:
         """Replace the caller's password and end all their sessions."""
         user = await self.get_me(caller)
-        _require_valid([password_violation("new_password", new, email=user["email"])])
-        account = _account_key(user["email"])
+        require_valid([password_violation("new_password", new, email=user["email"])])
+        account = account_key(user["email"])
         await self._count_login_attempt(account, "")
         if not await self._hashing.verify(user["password_hash"], current[:MAX_PASSWORD_LENGTH]):
             raise Unauthenticated("current_password is wrong")
@@ -248,10 +258,10 @@ class Accounts:
     async def request_password_reset(self, *, email: str, client_ip: str) -> None:
         """Mail a reset token when the address belongs to an enabled user; silent otherwise."""
         email = normalize_email(email)
-        _require_valid([email_violation("email", email)])
+        require_valid([email_violation("email", email)])
         await self._limit("mail-ip", client_ip, self._config.mail_requests_per_ip)
         await self._limit(
-            "mail-address", _account_key(email), self._config.mail_requests_per_address
+            "mail-address", account_key(email), self._config.mail_requests_per_address
         )
         async with self._database.transaction() as conn:
             user = await store.user_by_email(conn, email)
@@ -274,7 +284,7 @@ class Accounts:
         Limits, then the token, then the password rules, and only then argon2: a stranger's
         bad token or weak password costs a Redis call and an indexed lookup, never a hash.
         """
-        _require_valid(
+        require_valid(
             [
                 None if token else FieldViolation("token", "is required"),
                 password_violation("new_password", new_password),
@@ -287,7 +297,7 @@ class Accounts:
         if user_id is None or user is None:
             raise FailedPrecondition("the reset token is unknown, expired or used")
         await self._limit("token-account", str(user_id), self._config.token_attempts_per_account)
-        _require_valid([password_violation("new_password", new_password, email=user["email"])])
+        require_valid([password_violation("new_password", new_password, email=user["email"])])
         new_hash = await self._hashing.hash(new_password)
         async with self._database.transaction() as conn:
             if await store.consume_email_token(conn, token, "reset_password") != user_id:
@@ -304,129 +314,6 @@ class Accounts:
                 detail={"revoked_refresh_tokens": revoked, "client_ip": client_ip},
             )
 
-    # --- invitations -----------------------------------------------------------------
-
-    async def invite(
-        self,
-        caller: Identity,
-        *,
-        email: str,
-        display_name: str,
-        roles: list[str],
-        client_ip: str,
-    ) -> Row:
-        """Mail an invitation to join the caller's clinic with `roles` (admins only)."""
-        email = normalize_email(email)
-        wanted = sorted(set(roles))
-        _require_valid(
-            [
-                email_violation("email", email),
-                display_name_violation("display_name", display_name),
-                None
-                if wanted and set(wanted) <= ALL_ROLES
-                else FieldViolation("roles", "must name at least one role, none unspecified"),
-            ]
-        )
-        await self._limit("mail-ip", client_ip, self._config.mail_requests_per_ip)
-        await self._limit(
-            "mail-address", _account_key(email), self._config.mail_requests_per_address
-        )
-        token = secrets.token_urlsafe(32)
-        async with self._database.transaction() as conn:
-            if await store.email_registered(conn, email):
-                raise AlreadyExists("the e-mail address is already registered")
-            invitation = await store.insert_invitation(
-                conn,
-                invitation_id=uuid.uuid4(),
-                token=token,
-                clinic_id=caller.clinic_id,
-                email=email,
-                display_name=display_name.strip(),
-                roles=wanted,
-                invited_by=caller.user_id,
-                ttl_s=self._config.invite_ttl_s,
-            )
-            context = {
-                "display_name": invitation["display_name"],
-                "clinic_id": caller.clinic_id,
-                "roles": ", ".join(wanted),
-                "token": token,
-                "link": f"{self._config.public_url}/accept-invitation#token={token}",
-                "expires_at": _when(invitation["expires_at"]),
-            }
-            await mail.enqueue(conn, mail.render("invitation", email, context))
-            await record_audit_event(
-                conn,
-                clinic_id=caller.clinic_id,
-                actor=Actor(caller.user_id, sorted(caller.roles)),
-                action="auth.invitation.create",
-                resource=f"invitations/{invitation['invitation_id']}",
-                detail={"roles": wanted, "account": _account_key(email)},
-            )
-        self._mail_queued()
-        return invitation
-
-    async def accept_invitation(
-        self, *, token: str, password: str, display_name: str, client_ip: str
-    ) -> Row:
-        """Create the invited account: verified, approved, with the invitation's roles."""
-        _require_valid(
-            [
-                None if token else FieldViolation("token", "is required"),
-                password_violation("password", password),
-                display_name_violation("display_name", display_name) if display_name else None,
-            ]
-        )
-        await self._limit("token-ip", client_ip, self._config.token_attempts_per_ip)
-        async with self._database.read_connection() as conn:
-            invitation = await store.open_invitation(conn, token)
-            registered = invitation is not None and await store.email_registered(
-                conn, invitation["email"]
-            )
-        if invitation is None:
-            raise FailedPrecondition("the invitation is unknown, expired, replaced or used")
-        email = invitation["email"]
-        await self._limit(
-            "token-account", _account_key(email), self._config.token_attempts_per_account
-        )
-        _require_valid([password_violation("password", password, email=email)])
-        if registered:
-            raise AlreadyExists("the e-mail address is already registered")
-        password_hash = await self._hashing.hash(password)
-        try:
-            async with self._database.transaction() as conn:
-                invitation = await store.open_invitation(conn, token, lock=True)
-                if invitation is None:
-                    raise FailedPrecondition("the invitation is unknown, expired, replaced or used")
-                user = await store.insert_user(
-                    conn,
-                    user_id=uuid.uuid4(),
-                    clinic_id=invitation["clinic_id"],
-                    email=email,
-                    display_name=display_name.strip() or invitation["display_name"],
-                    password_hash=password_hash,
-                    roles=list(invitation["roles"]),
-                    approval_state="approved",
-                    email_verified=True,
-                )
-                await store.mark_invitation_accepted(
-                    conn, invitation["invitation_id"], user["user_id"]
-                )
-                await record_audit_event(
-                    conn,
-                    clinic_id=user["clinic_id"],
-                    actor=Actor(str(user["user_id"]), user["roles"]),
-                    action="auth.invitation.accept",
-                    resource=f"users/{user['user_id']}",
-                    detail={
-                        "invitation": f"invitations/{invitation['invitation_id']}",
-                        "client_ip": client_ip,
-                    },
-                )
-        except psycopg.errors.UniqueViolation:
-            raise AlreadyExists("the e-mail address is already registered") from None
-        return user
-
     # --- helpers ---------------------------------------------------------------------
 
     @property
@@ -434,9 +321,7 @@ class Accounts:
         return self._config.login_failures_per_account
 
     async def _limit(self, bucket: str, subject: str, rate: Rate) -> None:
-        verdict = await self._limiter.hit(bucket, subject, rate)
-        if not verdict.allowed:
-            raise ResourceExhausted("too many requests; try again later", verdict.retry_after_s)
+        await enforce_limit(self._limiter, bucket, subject, rate)
 
     async def _count_login_attempt(self, account: str, client_ip: str) -> None:
         # Counted before the password is hashed, so a burst (even a concurrent one) costs
@@ -484,6 +369,6 @@ class Accounts:
             # In the fragment: browsers never send it to a server, so the token stays out of
             # access logs and Referer headers; the web app reads it from location.hash.
             "link": f"{self._config.public_url}/{page}#token={token}",
-            "expires_at": _when(expires_at),
+            "expires_at": mail_time(expires_at),
         }
         await mail.enqueue(conn, mail.render(template, user["email"], context))

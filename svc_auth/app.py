@@ -22,6 +22,7 @@ from svc_auth.config import AuthConfig
 from svc_auth.ext_authz import SERVICE_NAME as EXT_AUTHZ_SERVICE
 from svc_auth.ext_authz import AuthorizationServicer, authorization_handler
 from svc_auth.gateway import Gateway
+from svc_auth.invitations import Invitations
 from svc_auth.keys import KeyRing, LocalJwks
 from svc_auth.mail import MailSender, SmtpEndpoint
 from svc_auth.passwords import PasswordHashing
@@ -87,7 +88,10 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
         rate_per_user=config.rate_per_user,
         operator_clinic=config.operator_clinic,
     )
-    servicer = AuthServicer(accounts, sessions, admin, ring, trusted_proxies=config.trusted_proxies)
+    invitations = Invitations(database, hashing, limiter, config, mail_queued=mail_queued)
+    servicer = AuthServicer(
+        accounts, sessions, admin, ring, invitations, trusted_proxies=config.trusted_proxies
+    )
     return ServiceParts(
         servicers={AUTH_SERVICE: servicer},
         role_rules={AUTH_SERVICE: AUTH_RULES, EXT_AUTHZ_SERVICE: {"Check": PUBLIC}},

@@ -63,6 +63,7 @@ from medmesh.identity import (
 )
 from svc_auth.accounts import Accounts
 from svc_auth.admin import ClinicAdmin
+from svc_auth.invitations import Invitations
 from svc_auth.keys import KeyRing
 from svc_auth.sessions import Sessions, TokenPair
 
@@ -199,9 +200,11 @@ class AuthServicer:
         sessions: Sessions,
         admin: ClinicAdmin,
         ring: KeyRing,
+        invitations: Invitations,
         *,
         trusted_proxies: Sequence[Any] = (),
     ) -> None:
+        self._invitations = invitations
         self._accounts = accounts
         self._sessions = sessions
         self._admin = admin
@@ -287,7 +290,7 @@ class AuthServicer:
 
     async def invite_user(self, request: InviteUserRequest, context: Any) -> InviteUserResponse:
         """InviteUser."""
-        invitation = await self._accounts.invite(
+        invitation = await self._invitations.create(
             current_identity(),
             email=request.email,
             display_name=request.display_name,
@@ -300,7 +303,7 @@ class AuthServicer:
         self, request: AcceptInvitationRequest, context: Any
     ) -> AcceptInvitationResponse:
         """AcceptInvitation."""
-        user = await self._accounts.accept_invitation(
+        user = await self._invitations.accept(
             token=request.token,
             password=request.password,
             display_name=request.display_name,

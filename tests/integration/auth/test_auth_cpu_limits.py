@@ -10,13 +10,16 @@ argon2 work is counted by wrapping the service's hasher (it runs in this process
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
 from auth_harness import ADMIN_EMAIL, CLINIC_A, PASSWORD, AuthUnderTest
+from envoy_data_plane.envoy.service.auth.v3 import CheckRequest, CheckResponse
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -253,3 +256,73 @@ async def test_the_hashing_pool_refuses_work_beyond_its_queue_at_once() -> None:
     assert len(refused) == 3
     assert all(r.retry_after_s for r in refused)
     assert sum(isinstance(r, str) and r.startswith("$argon2id$") for r in results) == 2
+
+
+FLOOD = {
+    **TRUST_LOCAL,
+    "MEDMESH_AUTH_ARGON2_MEMORY_KIB": "65536",  # production cost: t=3, 64 MiB
+    "MEDMESH_AUTH_LOGIN_LIMIT_IP": "1000/60",  # many addresses: only the pool holds them back
+    "MEDMESH_AUTH_LOGIN_LIMIT_ACCOUNT": "1000/60",
+}
+
+
+@pytest.mark.skipif(not os.environ.get("MEDMESH_MEASURE"), reason="set MEDMESH_MEASURE=1")
+@pytest.mark.parametrize(
+    "auth_extra",
+    [
+        pytest.param({**FLOOD, "MEDMESH_AUTH_HASH_CONCURRENCY": "1"}, id="pool-1"),
+        pytest.param(
+            {**FLOOD, "MEDMESH_AUTH_HASH_CONCURRENCY": "6", "MEDMESH_AUTH_HASH_QUEUE": "1000"},
+            id="like-before-6-threads-unbounded",
+        ),
+    ],
+)
+async def test_measure_gateway_check_latency_during_a_sign_in_flood(auth: AuthUnderTest) -> None:
+    """Check latency for a signed-in user while 120 wrong-password sign-ins from 120 addresses
+    arrive at once (prints the figures; the edge answers 503 past 2 s)."""
+    token, _ = await auth.token(CLINIC_A, ("clinician",))
+    victim = await auth.create_user(CLINIC_A, ("viewer",))
+    check = auth.channel.unary_unary(
+        "/envoy.service.auth.v3.Authorization/Check",
+        request_serializer=bytes,
+        response_deserializer=CheckResponse.FromString,
+    )
+    request = CheckRequest.from_dict(
+        {
+            "attributes": {
+                "source": {"address": {"socketAddress": {"address": "10.0.0.9", "portValue": 1}}},
+                "request": {
+                    "http": {
+                        "method": "GET",
+                        "path": "/v1/users/me",
+                        "headers": {"authorization": f"Bearer {token}"},
+                    }
+                },
+            }
+        }
+    )
+
+    async def sign_in(index: int) -> grpc.StatusCode:
+        try:
+            await auth.stub.login(
+                LoginRequest(email=victim, password="wrong password 123"),
+                metadata=from_ip(f"10.8.{index // 250}.{index % 250}"),
+            )
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    flood = asyncio.gather(*(sign_in(i) for i in range(120)))
+    latencies = []
+    while not flood.done():
+        started = time.perf_counter()
+        response = await check(request)
+        latencies.append(time.perf_counter() - started)
+        assert response.ok_response is not None
+        await asyncio.sleep(0.02)
+    codes = await flood
+    ms = sorted(latency * 1000 for latency in latencies)
+    print(  # noqa: T201 - the measurement is the output
+        f"\nchecks={len(ms)} p50={ms[len(ms) // 2]:.1f}ms p99={ms[int(len(ms) * 0.99)]:.1f}ms "
+        f"max={ms[-1]:.1f}ms refused={codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)}/120"
+    )
