@@ -54,8 +54,9 @@ def _operator_is_bootstrap_clinic(env: dict[str, str]) -> None:
 
 
 def local_secrets(env: dict[str, str], data_dir: Path) -> dict[str, str]:
-    """A key-encryption key for svc_auth's signing keys and a first admin of a demo clinic,
-    generated once and kept (mode 600) in the data directory so restarts keep them.
+    """Key-encryption keys (svc_auth's signing keys, svc_report's MIS tokens) and a first
+    admin of a demo clinic, generated once and kept (mode 600) in the data directory so
+    restarts keep them.
 
     Returns what the user needs to log in: clinic, e-mail, and where the password is.
     """
@@ -64,6 +65,11 @@ def local_secrets(env: dict[str, str], data_dir: Path) -> dict[str, str]:
     env.setdefault(
         "MEDMESH_AUTH_KEY_ENCRYPTION_KEY",
         _kept_secret(secrets_dir / "key-encryption-key", Fernet.generate_key().decode()),
+    )
+    # svc_report's own key for the MIS bearer tokens (a service reads only its own secrets).
+    env.setdefault(
+        "MEDMESH_REPORT_KEY_ENCRYPTION_KEY",
+        _kept_secret(secrets_dir / "report-key-encryption-key", Fernet.generate_key().decode()),
     )
     if env.get("MEDMESH_AUTH_BOOTSTRAP_ADMIN_EMAIL"):
         _operator_is_bootstrap_clinic(env)

@@ -13,15 +13,19 @@ import structlog
 
 from gen.medmesh.events.v1 import DeliveryJob, ReportJob, StudyResultsReady
 from medmesh.audit import DeniedAccessRecorder
+from medmesh.db import Database
+from medmesh.keyring import SecretBox
 from medmesh.mail import SmtpEndpoint
 from medmesh.outbox import Outbox, OutboxRelay
 from medmesh.resources import open_cache, open_database, open_jetstream, open_object_store
 from medmesh.runtime import ServiceParts
 from medmesh.settings import Settings
+from svc_report import delivery_store
 from svc_report.builder import ReportBuilder
 from svc_report.config import ReportConfig
 from svc_report.consumers import ConsumerLoop, results_ready_consumer
 from svc_report.delivery import ReportDeliveries
+from svc_report.egress import EgressPolicy
 from svc_report.mis import MisClient
 from svc_report.notify import ReportNotifier
 from svc_report.replays import ReplayReopener
@@ -41,6 +45,21 @@ log = structlog.get_logger(__name__)
 SCHEMA = "report"
 
 
+async def _mis_token_box(config: ReportConfig, database: Database) -> SecretBox:
+    """The cipher of the MIS bearer tokens; tokens still in plain text get sealed now."""
+    secrets = SecretBox(config.key_encryption_key)
+    if secrets.dev_key_in_use:
+        log.warning(
+            "INSECURE: MEDMESH_REPORT_KEY_ENCRYPTION_KEY is unset; MIS bearer tokens are "
+            "encrypted with the PUBLIC development key. Set it before real use."
+        )
+    async with database.transaction() as conn:
+        sealed = await delivery_store.seal_plaintext_tokens(conn, secrets.seal)
+    if sealed:
+        log.info("report.mis_tokens_sealed", count=sealed)
+    return secrets
+
+
 async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
     """PostgreSQL (reports; read models of ingest/infer/auth through the read pool), Redis
     (svc_infer's result cache), S3 (processed images in, archive out), JetStream (events and
@@ -52,8 +71,10 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
     jetstream = await open_jetstream(settings, stack)
     topology = jetstream.topology
     outbox = Outbox(SCHEMA)
-    mis = MisClient(config)
+    policy = EgressPolicy.from_cidrs(config.mis_allow_networks)
+    mis = MisClient(config, policy)
     stack.push_async_callback(mis.close)
+    secrets = await _mis_token_box(config, database)
     await OutboxRelay.start(outbox, database, jetstream.js, stack, listen_url=settings.postgres_url)
 
     if not settings.smtp_url:
@@ -83,6 +104,7 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
         topology=topology,
         mis=mis,
         results=results,
+        secrets=secrets,
     )
     backoff = config.retry_backoff_s
     reopen = ReplayReopener(database)
@@ -109,6 +131,9 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
             job_type=DeliveryJob,
             retry_backoff_s=backoff,
             on_replay=reopen.delivery,
+            # One delivery per slot: a slow MIS holds its own slot, not other clinics'.
+            batch=1,
+            concurrency=config.mis_concurrency,
         ),
     ):
         await loop.start(stack)
@@ -117,7 +142,7 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
         requests=requests,
         reader=ReportReader(database, objects, url_ttl_s=config.download_url_ttl_s),
         deliveries=deliveries,
-        targets=DeliveryTargets(database),
+        targets=DeliveryTargets(database, policy=policy, secrets=secrets),
     )
     return ServiceParts(
         servicers={REPORT_SERVICE: ReportServicer(dependencies)},

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from medmesh.keyring import check_key_encryption_keys
 from medmesh.settings import SettingsError, config_from_env
 
 
@@ -22,7 +24,25 @@ class ReportConfig:
     mis_backoff_max_s: float = 30.0
     """MEDMESH_REPORT_MIS_BACKOFF_MAX_S: the longest wait between two attempts."""
     mis_timeout_s: float = 15.0
-    """MEDMESH_REPORT_MIS_TIMEOUT_S: connect + read deadline of one POST to the MIS."""
+    """MEDMESH_REPORT_MIS_TIMEOUT_S: total deadline of one POST to the MIS (resolve, connect,
+    send, the whole answer)."""
+    mis_delivery_deadline_s: float = 120.0
+    """MEDMESH_REPORT_MIS_DELIVERY_DEADLINE_S: total time of one delivery, every attempt and
+    wait included; then it fails (and can be redelivered)."""
+    mis_max_response_bytes: int = 64 * 1024
+    """MEDMESH_REPORT_MIS_MAX_RESPONSE_BYTES: how much of a MIS answer is read (only the
+    resource id is used; the rest is never read)."""
+    mis_concurrency: int = 8
+    """MEDMESH_REPORT_MIS_CONCURRENCY: deliveries in flight at once per process, each on its
+    own, so a slow MIS holds one slot and not the others'."""
+    mis_allow_networks: tuple[str, ...] = ()
+    """MEDMESH_REPORT_MIS_ALLOW_NETWORKS: comma-separated CIDRs a MIS may be on although they
+    are not public (private, loopback, link-local...): a hospital network behind a VPN. Empty:
+    public addresses only (svc_report.egress)."""
+    key_encryption_key: tuple[str, ...] = ()
+    """MEDMESH_REPORT_KEY_ENCRYPTION_KEY: Fernet keys, comma-separated, that encrypt the MIS
+    bearer tokens at rest; the first encrypts, any decrypts. Unset: the published development
+    key (start-up warns; `medmesh up` generates a real one)."""
     mis_ca_file: str = ""
     """MEDMESH_REPORT_MIS_CA_FILE: PEM bundle trusted for MIS https endpoints (a hospital's
     private CA) instead of the system store."""
@@ -53,6 +73,16 @@ class ReportConfig:
             raise SettingsError("MEDMESH_REPORT_RETRY_BACKOFF_S needs non-negative delays")
         if not 10 <= self.download_url_ttl_s <= 3600:
             raise SettingsError("MEDMESH_REPORT_DOWNLOAD_URL_TTL_S must be within 10..3600")
+        if min(self.mis_timeout_s, self.mis_delivery_deadline_s) <= 0:
+            raise SettingsError("MIS timeouts must be positive")
+        if self.mis_max_response_bytes < 1024 or self.mis_concurrency < 1:
+            raise SettingsError("MIS response cap (>= 1024 bytes) and concurrency (>= 1)")
+        try:
+            for cidr in self.mis_allow_networks:
+                ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise SettingsError(f"MEDMESH_REPORT_MIS_ALLOW_NETWORKS: {exc}") from None
+        check_key_encryption_keys("MEDMESH_REPORT_KEY_ENCRYPTION_KEY", self.key_encryption_key)
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, str]) -> ReportConfig:

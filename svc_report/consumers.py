@@ -67,7 +67,8 @@ def _clinic_of(job_type: Any, msg: Msg) -> str:
 
 class ConsumerLoop:
     """Settles each message of one durable consumer by its handler's outcome; the fetching is
-    medmesh.consumers.PullConsumer's (batches of `batch`, handled concurrently), the settling
+    medmesh.consumers.PullConsumer's (batches of `batch`, handled concurrently; `concurrency`
+    batches in hand at once, each settled on its own), the settling
     medmesh.settle.Settler's. `job_type` is the payload's generated class (its `clinic_id`
     labels the dead letter of a job whose attempts ran out)."""
 
@@ -81,6 +82,7 @@ class ConsumerLoop:
         retry_backoff_s: tuple[float, ...],
         on_replay: ReplayHook | None = None,
         batch: int = 4,
+        concurrency: int = 1,
         settler: Settler | None = None,
     ) -> None:
         self.spec = spec
@@ -95,6 +97,7 @@ class ConsumerLoop:
             spec.config(),
             self._handle_batch,
             batch_size=batch,
+            concurrency=concurrency,
             fetch_timeout_s=FETCH_TIMEOUT_S,
             stop_grace_s=STOP_GRACE_S,
         )

@@ -81,7 +81,7 @@ def target_to_proto(target: DeliveryTargetRecord) -> DeliveryTarget:
         name=target_name(target.clinic_id),
         fhir_base_url=target.fhir_base_url,
         bearer_token="",
-        bearer_token_set=bool(target.bearer_token),
+        bearer_token_set=target.has_bearer_token,
         enabled=target.enabled,
         notify_emails=list(target.notify_emails),
         update_time=target.update_time,

@@ -21,13 +21,14 @@ from medmesh.audit import Actor, AuditActor, record_audit_event
 from medmesh.db import Connection, Database
 from medmesh.errors import FailedPrecondition, NotFound
 from medmesh.jetstream import Topology
+from medmesh.keyring import SecretBox, SecretUnreadable
 from medmesh.objects import REPORTS_ARCHIVE, ObjectStore
 from medmesh.outbox import Outbox
 from svc_report import delivery_store, read_store, store
 from svc_report.consumers import Attempt, Done, GiveUp, Outcome
 from svc_report.fhir import build_diagnostic_report
 from svc_report.mis import MisClient, MisDeliveryError, MisEndpoint
-from svc_report.model import Delivery, Receipt, ReportRecord
+from svc_report.model import Delivery, DeliveryTargetRecord, Receipt, ReportRecord
 from svc_report.results import ResultSource
 
 SERVICE_ACTOR = Actor("svc_report", ("service",))
@@ -69,6 +70,7 @@ class ReportDeliveries:
         topology: Topology,
         mis: MisClient,
         results: ResultSource,
+        secrets: SecretBox,
     ) -> None:
         self._database = database
         self._objects = objects
@@ -76,6 +78,15 @@ class ReportDeliveries:
         self._topology = topology
         self._mis = mis
         self._results = results
+        self._secrets = secrets
+
+    def _bearer_token(self, target: DeliveryTargetRecord) -> str:
+        if target.bearer_token_sealed is None:
+            return ""
+        try:
+            return self._secrets.open(target.bearer_token_sealed)
+        except SecretUnreadable as exc:  # the KEK changed without the old key kept
+            raise _Failed(f"the MIS bearer token cannot be decrypted: {exc}") from exc
 
     async def deliver(
         self, clinic_id: str, report_id: str, actor: AuditActor, *, redelivery: bool
@@ -164,7 +175,7 @@ class ReportDeliveries:
 
         try:
             receipt = await self._mis.post(
-                MisEndpoint(target.fhir_base_url, target.bearer_token),
+                MisEndpoint(target.fhir_base_url, self._bearer_token(target)),
                 resource,
                 idempotency_key=delivery.idempotency_key,
                 report_id=report.report_id,

@@ -5,7 +5,7 @@ schema-qualified; every read filters by clinic."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gen.medmesh.report.v1 import DeliveryStatus
@@ -17,20 +17,25 @@ from svc_report.store import set_delivery_status
 
 
 def _target(row: Mapping[str, Any]) -> DeliveryTargetRecord:
+    sealed = row["bearer_token_sealed"]
     return DeliveryTargetRecord(
         clinic_id=row["clinic_id"],
         fhir_base_url=row["fhir_base_url"],
-        bearer_token=row["bearer_token"],
+        bearer_token_sealed=bytes(sealed) if sealed is not None else None,
         enabled=row["enabled"],
         notify_emails=tuple(row["notify_emails"]),
         update_time=row["update_time"],
     )
 
 
-async def get_target(conn: Connection, clinic_id: str) -> DeliveryTargetRecord | None:
-    """The clinic's delivery target, or None."""
+async def get_target(
+    conn: Connection, clinic_id: str, *, lock: bool = False
+) -> DeliveryTargetRecord | None:
+    """The clinic's delivery target, or None (`lock`: FOR UPDATE, in a transaction)."""
     cur = await conn.execute(
-        "SELECT * FROM report.delivery_targets WHERE clinic_id = %s", (clinic_id,)
+        "SELECT * FROM report.delivery_targets WHERE clinic_id = %s"  # noqa: S608 - constant
+        + (" FOR UPDATE" if lock else ""),
+        (clinic_id,),
     )
     row = await cur.fetchone()
     return _target(row) if row else None
@@ -41,39 +46,61 @@ async def upsert_target(
     clinic_id: str,
     *,
     fhir_base_url: str,
-    bearer_token: str | None,
+    bearer_token_sealed: bytes | None,
     enabled: bool,
     notify_emails: Sequence[str],
     updated_by: str,
 ) -> DeliveryTargetRecord:
-    """Create or replace the target; `bearer_token` None keeps the stored one."""
+    """Create or replace the target. `bearer_token_sealed` None keeps the stored token only
+    while the URL stays the same: a token is a credential for one MIS, and must not follow
+    the reports to a new address nobody gave it for."""
     cur = await conn.execute(
         """
-        INSERT INTO report.delivery_targets
-            (clinic_id, fhir_base_url, bearer_token, enabled, notify_emails, updated_by)
-        VALUES (%s, %s, coalesce(%s, ''), %s, %s, %s)
+        INSERT INTO report.delivery_targets AS t
+            (clinic_id, fhir_base_url, bearer_token_sealed, enabled, notify_emails, updated_by)
+        VALUES (%(clinic)s, %(url)s, %(sealed)s, %(enabled)s, %(emails)s, %(by)s)
         ON CONFLICT (clinic_id) DO UPDATE SET
             fhir_base_url = excluded.fhir_base_url,
-            bearer_token = coalesce(%s, report.delivery_targets.bearer_token),
+            bearer_token_sealed = CASE
+                WHEN %(sealed)s::bytea IS NOT NULL THEN %(sealed)s::bytea
+                WHEN t.fhir_base_url = excluded.fhir_base_url THEN t.bearer_token_sealed
+                ELSE NULL END,
+            bearer_token = '',
             enabled = excluded.enabled,
             notify_emails = excluded.notify_emails,
             updated_by = excluded.updated_by,
             update_time = now()
         RETURNING *
         """,
-        (
-            clinic_id,
-            fhir_base_url,
-            bearer_token,
-            enabled,
-            list(notify_emails),
-            updated_by,
-            bearer_token,
-        ),
+        {
+            "clinic": clinic_id,
+            "url": fhir_base_url,
+            "sealed": bearer_token_sealed,
+            "enabled": enabled,
+            "emails": list(notify_emails),
+            "by": updated_by,
+        },
     )
     row = await cur.fetchone()
     assert row is not None
     return _target(row)
+
+
+async def seal_plaintext_tokens(conn: Connection, seal: Callable[[str], bytes]) -> int:
+    """Encrypt tokens stored in plain text before migration 0003 (and blank them): run at
+    start-up, under row locks, so it is safe with several replicas. Returns how many."""
+    cur = await conn.execute(
+        "SELECT clinic_id, bearer_token FROM report.delivery_targets "
+        "WHERE bearer_token <> '' FOR UPDATE"
+    )
+    rows = await cur.fetchall()
+    for row in rows:
+        await conn.execute(
+            "UPDATE report.delivery_targets SET bearer_token_sealed = %s, bearer_token = '' "
+            "WHERE clinic_id = %s",
+            (seal(row["bearer_token"]), row["clinic_id"]),
+        )
+    return len(rows)
 
 
 # ----------------------------------------------------------------------------- deliveries

@@ -133,10 +133,16 @@ class DeliveryTargetRecord:
 
     clinic_id: str
     fhir_base_url: str
-    bearer_token: str
+    bearer_token_sealed: bytes | None
+    """The MIS bearer token, encrypted (medmesh.keyring.SecretBox); None when there is none."""
     enabled: bool
     notify_emails: tuple[str, ...]
     update_time: datetime
+
+    @property
+    def has_bearer_token(self) -> bool:
+        """Whether a token is stored."""
+        return self.bearer_token_sealed is not None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from report_harness import Mailbox, ReportHarness
-from report_mis import MisReceiver, TlsFiles, make_tls_files, running_mis
+from report_mis import REPORT_KEK, MisReceiver, TlsFiles, make_tls_files, running_mis
 from support.serving import clients, served
 from support.tokens import TokenFactory
 
@@ -63,9 +63,13 @@ def mis(tls_files: TlsFiles) -> Iterator[MisReceiver]:
 
 @pytest.fixture
 def report_extra(tls_files: TlsFiles) -> dict[str, str]:
-    """MEDMESH_REPORT_* settings of the service under test: short retries, the test CA."""
+    """MEDMESH_REPORT_* settings of the service under test: short retries, the test CA, the
+    test MIS's loopback address allowed (the SSRF guard refuses loopback otherwise), a real
+    key-encryption key for the MIS tokens."""
     return {
         "MEDMESH_REPORT_MIS_CA_FILE": str(tls_files.ca_file),
+        "MEDMESH_REPORT_MIS_ALLOW_NETWORKS": "127.0.0.1/32",
+        "MEDMESH_REPORT_KEY_ENCRYPTION_KEY": REPORT_KEK,
         "MEDMESH_REPORT_MIS_ATTEMPTS": "4",
         "MEDMESH_REPORT_MIS_BACKOFF_INITIAL_S": "0.05",
         "MEDMESH_REPORT_MIS_BACKOFF_MAX_S": "0.2",

@@ -3,7 +3,13 @@ thread, TLS with a throwaway CA made here) that accepts `POST /fhir/DiagnosticRe
 
 It answers from a script (`statuses`: e.g. 503, 503, then 201 for ever), records every
 request it saw, and keeps one stored report per `Idempotency-Key`, like a MIS that honours the
-header: a repeated key gets the first answer again and stores nothing new.
+header: a repeated key gets the first answer again and stores nothing new. Misbehaviour on
+demand: `drip_s` sends the answer one byte per that many seconds (a slow MIS), `padding` adds
+that many bytes to the answer (a huge one), `echo` puts text into error answers (a MIS that
+echoes what it was sent).
+
+Its certificate names both 127.0.0.1 and `MIS_HOST_NAME`, so a test can address it by a name
+that no DNS knows and let the client's pinned address take it there.
 """
 
 from __future__ import annotations
@@ -22,9 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+MIS_HOST_NAME = "mis.medmesh.test"
+REPORT_KEK = Fernet.generate_key().decode()
+"""The test session's key-encryption key for MIS bearer tokens (MEDMESH_REPORT_*)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,9 @@ def make_tls_files(directory: Path) -> TlsFiles:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName(MIS_HOST_NAME)]
+            ),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -120,6 +133,12 @@ class MisState:
     """Accepted DiagnosticReports by idempotency key."""
     ids: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    drip_s: float = 0.0
+    padding: int = 0
+    echo: str = ""
+    started: threading.Event = field(default_factory=threading.Event)
+    """Set when a request has arrived (before it is answered)."""
+    closing: threading.Event = field(default_factory=threading.Event)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -134,6 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         body = json.loads(raw) if raw else {}
         key = self.headers.get("Idempotency-Key", "")
+        state.started.set()
         with state.lock:
             status = state.statuses.pop(0) if state.statuses else 201
             if self.path != "/fhir/DiagnosticReport":
@@ -147,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
             state.requests.append(SeenRequest(self.path, dict(self.headers), body, status))
             mis_id = state.ids.get(key, "")
         if 200 <= status < 300:
-            payload = json.dumps({**body, "id": mis_id}).encode()
+            payload = json.dumps({**body, "id": mis_id, "padding": "x" * state.padding}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/fhir+json")
             self.send_header("Location", f"/fhir/DiagnosticReport/{mis_id}/_history/1")
@@ -155,14 +175,23 @@ class _Handler(BaseHTTPRequestHandler):
             payload = json.dumps(
                 {
                     "resourceType": "OperationOutcome",
-                    "issue": [{"severity": "error", "code": "processing"}],
+                    "issue": [
+                        {"severity": "error", "code": "processing", "diagnostics": state.echo}
+                    ],
                 }
             ).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/fhir+json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if not state.drip_s:
+            self.wfile.write(payload)
+            return
+        for byte in payload:  # a byte at a time: no read timeout ever fires
+            if state.closing.wait(state.drip_s):
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
 
 
 class _MisServer(ThreadingHTTPServer):
@@ -196,6 +225,7 @@ def running_mis(tls: TlsFiles) -> Iterator[MisReceiver]:
         port = server.server_address[1]
         yield MisReceiver(f"https://127.0.0.1:{port}/fhir", tls.ca_file, state)
     finally:
+        state.closing.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

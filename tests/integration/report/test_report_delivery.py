@@ -12,7 +12,7 @@ import grpc
 import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from report_harness import CLINIC, OTHER_CLINIC, ReportHarness
-from report_mis import MisReceiver
+from report_mis import REPORT_KEK, MisReceiver
 
 from gen.medmesh.events.v1 import DeadLetterEnvelope, DeliveryJob
 from gen.medmesh.report.v1 import (
@@ -24,6 +24,7 @@ from gen.medmesh.report.v1 import (
     RedeliverReportRequest,
     SetDeliveryTargetRequest,
 )
+from medmesh.keyring import SecretBox
 
 TOKEN = "mis-secret-token"
 
@@ -167,7 +168,7 @@ async def test_a_mis_that_keeps_failing_exhausts_the_attempts_and_the_delivery_f
     assert "4 attempt(s)" in letters[0].error
 
 
-async def test_the_bearer_token_is_write_only_and_kept_when_a_set_leaves_it_empty(
+async def test_the_bearer_token_is_write_only_and_kept_when_a_set_leaves_it_empty_and_the_url(
     reports: ReportHarness, mis: MisReceiver
 ) -> None:
     stored = await set_target(reports, mis, emails=["Ward-7@Clinic.example"])
@@ -187,8 +188,11 @@ async def test_the_bearer_token_is_write_only_and_kept_when_a_set_leaves_it_empt
         metadata=reports.metadata(roles=("admin",)),
     )
     assert (read.delivery_target.bearer_token, read.delivery_target.bearer_token_set) == ("", True)
-    rows = await reports.execute("SELECT bearer_token FROM report.delivery_targets")
-    assert rows == [{"bearer_token": TOKEN}]
+    rows = await reports.execute(
+        "SELECT bearer_token, bearer_token_sealed FROM report.delivery_targets"
+    )
+    assert [r["bearer_token"] for r in rows] == [""]  # never in plain text
+    assert SecretBox([REPORT_KEK]).open(rows[0]["bearer_token_sealed"]) == TOKEN
 
 
 @pytest.mark.parametrize(

@@ -229,12 +229,15 @@ class DeliveryTarget(betterproto2.Message):
 
     fhir_base_url: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    fhir_base_url is the FHIR R4 base URL; DiagnosticReports are POSTed to it. https only.
+    fhir_base_url is the FHIR R4 base URL; DiagnosticReports are POSTed to it. https only,
+    and its host must resolve to public addresses unless the operator allowed its network.
     """
 
     bearer_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
     """
-    bearer_token is the credential sent to the MIS. Write-only: always empty when read.
+    bearer_token is the credential sent to the MIS, stored encrypted. Write-only: always
+    empty when read. Empty in a Set keeps the stored token only if fhir_base_url is
+    unchanged: a new URL drops it unless this field gives a new one.
     """
 
     bearer_token_set: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
@@ -825,7 +828,10 @@ class ReportServiceStub:
         """
         SetDeliveryTarget creates or replaces the caller's clinic's delivery target. Admin.
         Returns PERMISSION_DENIED for non-admins or another clinic's target; INVALID_ARGUMENT
-        if fhir_base_url is not an absolute https URL or an e-mail is malformed.
+        (a field violation on delivery_target.fhir_base_url) if fhir_base_url is not an absolute
+        https URL or its host resolves to a private, loopback, link-local, multicast or metadata
+        address the operator did not allow, or does not resolve; INVALID_ARGUMENT if an e-mail
+        is malformed.
         """
 
         return self._channel.unary_unary(

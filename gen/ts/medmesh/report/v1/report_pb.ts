@@ -196,14 +196,17 @@ export type DeliveryTarget = Message<"medmesh.report.v1.DeliveryTarget"> & {
   name: string;
 
   /**
-   * fhir_base_url is the FHIR R4 base URL; DiagnosticReports are POSTed to it. https only.
+   * fhir_base_url is the FHIR R4 base URL; DiagnosticReports are POSTed to it. https only,
+   * and its host must resolve to public addresses unless the operator allowed its network.
    *
    * @generated from field: string fhir_base_url = 2;
    */
   fhirBaseUrl: string;
 
   /**
-   * bearer_token is the credential sent to the MIS. Write-only: always empty when read.
+   * bearer_token is the credential sent to the MIS, stored encrypted. Write-only: always
+   * empty when read. Empty in a Set keeps the stored token only if fhir_base_url is
+   * unchanged: a new URL drops it unless this field gives a new one.
    *
    * @generated from field: string bearer_token = 3;
    */

@@ -550,7 +550,10 @@ export const ReportService: GenService<{
   /**
    * SetDeliveryTarget creates or replaces the caller's clinic's delivery target. Admin.
    * Returns PERMISSION_DENIED for non-admins or another clinic's target; INVALID_ARGUMENT
-   * if fhir_base_url is not an absolute https URL or an e-mail is malformed.
+   * (a field violation on delivery_target.fhir_base_url) if fhir_base_url is not an absolute
+   * https URL or its host resolves to a private, loopback, link-local, multicast or metadata
+   * address the operator did not allow, or does not resolve; INVALID_ARGUMENT if an e-mail
+   * is malformed.
    *
    * @generated from rpc medmesh.report.v1.ReportService.SetDeliveryTarget
    */
