@@ -12,15 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import structlog
-from cryptography.fernet import Fernet, MultiFernet
+from cryptography.fernet import MultiFernet
 
+from medmesh.keyring import key_encryption_cipher, parse_key_encryption_keys
 from medmesh.settings import Settings, SettingsError
 
 _log = structlog.get_logger("svc_auth.config")
-
-# Public on purpose: it is in the source code, so it protects nothing. Only used when
-# MEDMESH_AUTH_KEY_ENCRYPTION_KEY is unset, and start-up says so loudly.
-DEV_KEY_ENCRYPTION_KEY = "bWVkbWVzaC1kZXYtb25seS1pbnNlY3VyZS1rZXkhISE="
 
 
 @dataclass(frozen=True)
@@ -143,23 +140,15 @@ class AuthConfig:
 
     def fernet(self) -> MultiFernet:
         """The cipher for private keys: encrypts with the first key, decrypts with any."""
-        keys = self.key_encryption_keys or (DEV_KEY_ENCRYPTION_KEY,)
-        return MultiFernet([Fernet(key) for key in keys])
+        return key_encryption_cipher(self.key_encryption_keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuthConfig:
         """Read MEDMESH_AUTH_* from `settings.extra`; SettingsError names a bad variable."""
         env = settings.extra
-        keys = tuple(k.strip() for k in env.get(_v("KEY_ENCRYPTION_KEY"), "").split(",") if k)
-        for key in keys:
-            try:
-                Fernet(key)
-            except ValueError:
-                raise SettingsError(
-                    f"{_v('KEY_ENCRYPTION_KEY')} must hold Fernet keys "
-                    "(python -c 'from cryptography.fernet import Fernet; "
-                    "print(Fernet.generate_key().decode())')"
-                ) from None
+        keys = parse_key_encryption_keys(
+            _v("KEY_ENCRYPTION_KEY"), env.get(_v("KEY_ENCRYPTION_KEY"), "")
+        )
         algorithm = env.get(_v("SIGNING_ALG"), cls.signing_algorithm)
         if algorithm not in {"EdDSA", "RS256"}:
             raise SettingsError(f"{_v('SIGNING_ALG')}={algorithm!r}: use EdDSA or RS256")
