@@ -132,7 +132,8 @@ async def record_access(
     detail: Mapping[str, Any] | None = None,
 ) -> None:
     """One audit row for a read (`result.read`, `result.image_url`): a single INSERT on an
-    autocommit connection of the primary, so a cached read pays one round trip for it."""
+    autocommit connection of the primary (no BEGIN/COMMIT), so a cached read pays one
+    statement for it, plus the pool's liveness ping at checkout."""
     async with database.write_connection() as conn:
         await record_audit_event(
             conn,
