@@ -13,18 +13,36 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 from psycopg.rows import dict_row
+from support.infer import png_bytes
+from support.serving import served
+from support.tokens import TokenFactory
 
 from gen.medmesh.common.v1 import FileKind
 from gen.medmesh.events.v1 import InferenceJob
+from gen.medmesh.ingest.v1 import (
+    CreateStudyRequest,
+    CreateTextNoteRequest,
+    UploadFileMetadata,
+    UploadFileRequest,
+)
+from medmesh.client import AsyncStub
+from medmesh.contract import DescriptorImage
 from medmesh.jetstream import Topology, publish_message
+from medmesh.migrate import service_migrations
 from medmesh.objects import RAW_IMAGES, ObjectStore
+from medmesh.outbox import RelayOptions
+from medmesh.settings import Settings
+from svc_ingest.app import INGEST_SERVICE, build
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
@@ -236,3 +254,82 @@ async def wait_for_count(
         assert time.monotonic() < deadline, f"stuck at {done} of {at_least}: {sql}"
         await asyncio.sleep(0.05)
     return done
+
+
+@asynccontextmanager
+async def running_ingest(
+    stack: FaultStack, tokens: TokenFactory, *, nats_url: str = "", postgres_url: str = ""
+) -> AsyncIterator[AsyncStub]:
+    """svc_ingest in this process (tokens from the test key), on the test's dependencies or
+    the given NATS / PostgreSQL."""
+    env = stack.base_env
+    settings = Settings(
+        service="ingest",
+        ready_file=stack.tmp_path / "ingest.ready.json",
+        metrics_addr="",
+        postgres_url=postgres_url or env["MEDMESH_POSTGRES_URL"],
+        nats_url=nats_url or env["MEDMESH_NATS_URL"],
+        s3_url=env["MEDMESH_S3_URL"],
+        subject_root=stack.prefix,
+        stream_prefix=stack.prefix.upper(),
+        s3_bucket_prefix=env["MEDMESH_S3_BUCKET_PREFIX"],
+        grace_period_s=1,
+    )
+
+    async def setup(s: Settings, exit_stack: AsyncExitStack) -> Any:
+        options = RelayOptions(poll_interval_s=0.5, backoff_max_s=1.0)
+        return await build(s, exit_stack, verifier=tokens.verifier(), relay_options=options)
+
+    image = DescriptorImage()
+    migrations = service_migrations("ingest")
+    async with (
+        served(settings, setup, migrations=migrations, image=image) as ready,
+        grpc.aio.insecure_channel(ready["grpc"]) as channel,
+    ):
+        yield AsyncStub(channel, INGEST_SERVICE, image)
+
+
+class Clinic:
+    """A clinician uploading: one study per file, notes and now and then a PNG."""
+
+    def __init__(self, stub: AsyncStub, tokens: TokenFactory) -> None:
+        self._stub = stub
+        self._tokens = tokens
+        self.file_ids: list[str] = []
+        self.latencies_s: list[float] = []
+
+    def _auth(self) -> Any:
+        return self._tokens.metadata_for(user_id="u-1", clinic_id=CLINIC, roles=["clinician"])
+
+    async def upload(self, n: int) -> None:
+        """One new study with one file (every 5th a PNG over the UploadFile stream)."""
+        began = time.monotonic()
+        study = (
+            await self._stub.create_study(
+                CreateStudyRequest(patient_ref=f"P-{n:04d}"), metadata=self._auth()
+            )
+        ).study
+        if n % 5 == 4:
+            data = png_bytes(n)
+            meta = UploadFileMetadata(
+                parent=study.name,
+                kind=FileKind.IMAGE_PNG,
+                file_name=f"chest-{n}.png",
+                content_type="image/png",
+                size_bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+            )
+
+            async def messages() -> AsyncIterator[UploadFileRequest]:
+                yield UploadFileRequest(metadata=meta)
+                yield UploadFileRequest(chunk=data)
+
+            response = await self._stub.upload_file(messages(), metadata=self._auth())
+        else:
+            response = await self._stub.create_text_note(
+                CreateTextNoteRequest(parent=study.name, text=f"Note {n}: cough and fever."),
+                metadata=self._auth(),
+            )
+        assert response.file is not None
+        self.file_ids.append(response.file.file_id)
+        self.latencies_s.append(time.monotonic() - began)

@@ -7,36 +7,16 @@ CI stops NATS for 10 s; MEDMESH_FAULT_FULL=1 for the issue's 30 s."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
-from fault_stack import FaultStack, full_run, infer_env, wait_for_count
-from support.infer import png_bytes
-from support.serving import served
+from fault_stack import Clinic, FaultStack, full_run, infer_env, running_ingest, wait_for_count
 from support.tokens import TokenFactory
 
-from gen.medmesh.common.v1 import FileKind
-from gen.medmesh.ingest.v1 import (
-    CreateStudyRequest,
-    CreateTextNoteRequest,
-    UploadFileMetadata,
-    UploadFileRequest,
-)
-from medmesh.client import AsyncStub
-from medmesh.contract import DescriptorImage
 from medmesh.launcher import NatsServer
-from medmesh.migrate import service_migrations
-from medmesh.outbox import RelayOptions
-from medmesh.settings import Settings
-from svc_ingest.app import INGEST_SERVICE, build
 
-CLINIC = "clinic-a"
 RESULTS_SQL = "SELECT count(*) FROM infer.results"
 
 
@@ -58,84 +38,6 @@ def own_nats(tmp_path: Path) -> Iterator[RestartableNats]:
     server.stop()
 
 
-@asynccontextmanager
-async def running_ingest(
-    stack: FaultStack, nats_url: str, tokens: TokenFactory
-) -> AsyncIterator[AsyncStub]:
-    """svc_ingest in this process (tokens from the test key) on the test's NATS."""
-    env = stack.base_env
-    settings = Settings(
-        service="ingest",
-        ready_file=stack.tmp_path / "ingest.ready.json",
-        metrics_addr="",
-        postgres_url=env["MEDMESH_POSTGRES_URL"],
-        nats_url=nats_url,
-        s3_url=env["MEDMESH_S3_URL"],
-        subject_root=stack.prefix,
-        stream_prefix=stack.prefix.upper(),
-        s3_bucket_prefix=env["MEDMESH_S3_BUCKET_PREFIX"],
-        grace_period_s=1,
-    )
-
-    async def setup(s: Settings, exit_stack: AsyncExitStack) -> Any:
-        options = RelayOptions(poll_interval_s=0.5, backoff_max_s=1.0)
-        return await build(s, exit_stack, verifier=tokens.verifier(), relay_options=options)
-
-    image = DescriptorImage()
-    migrations = service_migrations("ingest")
-    async with (
-        served(settings, setup, migrations=migrations, image=image) as ready,
-        grpc.aio.insecure_channel(ready["grpc"]) as channel,
-    ):
-        yield AsyncStub(channel, INGEST_SERVICE, image)
-
-
-class Clinic:
-    """A clinician uploading: one study per file, notes and now and then a PNG."""
-
-    def __init__(self, stub: AsyncStub, tokens: TokenFactory) -> None:
-        self._stub = stub
-        self._tokens = tokens
-        self.file_ids: list[str] = []
-        self.latencies_s: list[float] = []
-
-    def _auth(self) -> Any:
-        return self._tokens.metadata_for(user_id="u-1", clinic_id=CLINIC, roles=["clinician"])
-
-    async def upload(self, n: int) -> None:
-        """One new study with one file (every 5th a PNG over the UploadFile stream)."""
-        began = time.monotonic()
-        study = (
-            await self._stub.create_study(
-                CreateStudyRequest(patient_ref=f"P-{n:04d}"), metadata=self._auth()
-            )
-        ).study
-        if n % 5 == 4:
-            data = png_bytes(n)
-            meta = UploadFileMetadata(
-                parent=study.name,
-                kind=FileKind.IMAGE_PNG,
-                file_name=f"chest-{n}.png",
-                content_type="image/png",
-                size_bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-            )
-
-            async def messages() -> AsyncIterator[UploadFileRequest]:
-                yield UploadFileRequest(metadata=meta)
-                yield UploadFileRequest(chunk=data)
-
-            response = await self._stub.upload_file(messages(), metadata=self._auth())
-        else:
-            response = await self._stub.create_text_note(
-                CreateTextNoteRequest(parent=study.name, text=f"Note {n}: cough and fever."),
-                metadata=self._auth(),
-            )
-        assert response.file is not None
-        self.file_ids.append(response.file.file_id)
-        self.latencies_s.append(time.monotonic() - began)
-
-
 async def test_uploads_continue_through_a_nats_outage_and_every_job_is_processed_after(
     fault_stack: FaultStack,
     own_nats: RestartableNats,
@@ -150,7 +52,7 @@ async def test_uploads_continue_through_a_nats_outage_and_every_job_is_processed
         **infer_env(fault_stack, model_server_address),
     )
     await worker.start()
-    async with running_ingest(fault_stack, own_nats.url, tokens) as stub:
+    async with running_ingest(fault_stack, tokens, nats_url=own_nats.url) as stub:
         clinic = Clinic(stub, tokens)
         for n in range(5):
             await clinic.upload(n)
