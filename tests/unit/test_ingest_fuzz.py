@@ -2,7 +2,8 @@
 JPEG files (truncations, bit flips, overwritten and inserted bytes, bogus PNG chunk lengths,
 JPEG segment lengths and DICOM tags), fed in chunks of any size. Whatever the bytes, the
 validator either accepts them or raises InvalidArgument with a field violation: never
-another exception (which the service would answer with INTERNAL).
+another exception (which the service would answer with INTERNAL). svc_infer's header probe
+and decoder get the same files: they may raise PreprocessingError only.
 
 Bounded and deterministic for CI: a fixed number of examples, derandomized, no example
 database, no deadline (a slow shared runner must not fail a correct example).
@@ -19,6 +20,7 @@ from support.crafted_files import dicom, jpeg, png
 
 from gen.medmesh.common.v1 import FileKind
 from medmesh.errors import InvalidArgument
+from svc_infer.preprocess import ImageSpec, PreprocessingError, prepare_image, probe_image
 from svc_ingest.config import MIB, IngestConfig
 from svc_ingest.validation import CANONICAL_CONTENT_TYPE, FileValidator, check_declaration
 
@@ -213,3 +215,24 @@ def test_random_bytes_behind_a_real_magic_number_are_refused_with_a_field_violat
         FileKind.IMAGE_DICOM: SEEDS[FileKind.IMAGE_DICOM][0][:140],
     }[kind]
     assert_only_invalid_argument(magic + data, kind, chunk)
+
+
+@FUZZ
+@given(
+    data=st.one_of(
+        mutated(FileKind.IMAGE_PNG, bogus_png_length),
+        mutated(FileKind.IMAGE_JPEG, bogus_jpeg_length),
+        mutated(FileKind.IMAGE_DICOM, bogus_dicom_element),
+    ),
+    kind=st.sampled_from(list(SEEDS)),
+)
+def test_svc_infer_probes_and_decodes_mutated_files_or_raises_a_preprocessing_error(
+    data: bytes, kind: FileKind
+) -> None:
+    # The worker turns PreprocessingError into a failed job; anything else would fail the
+    # whole batch. (Mutations of one kind are also tried as the others.)
+    try:
+        probe_image(data, kind)
+        prepare_image(data, kind, ImageSpec(height=8, width=8))
+    except PreprocessingError:
+        pass
