@@ -12,6 +12,7 @@ import { SignInPage } from "../pages/SignIn";
 import { StudiesPage } from "../pages/Studies";
 import { StudyDetailPage } from "../pages/StudyDetail";
 import { VerifyEmailPage } from "../pages/VerifyEmail";
+import { ADMIN_ROUTES } from "../admin/routes";
 
 /** public: anyone; user: any signed-in user; admin: users with one of `roles`. */
 export type Access = "public" | "user" | "roles";
@@ -35,6 +36,7 @@ export const ROUTES: RouteDef[] = [
   { path: "/studies/new", page: NewStudyPage, access: "user", nav: "nav.newStudy" },
   { path: "/studies/:studyId", page: StudyDetailPage, access: "user" },
   { path: "/reports/:reportId", page: ReportPage, access: "user" },
+  ...ADMIN_ROUTES,
 ];
 
 /** Where a signed-in user lands ("/" and after sign-in). */

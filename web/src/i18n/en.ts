@@ -1,4 +1,6 @@
 // English UI strings. Keys are shared with ru.ts (its type requires every key).
+import { adminEn } from "../admin/strings";
+
 export const en = {
   "app.name": "medmesh",
   "app.tagline": "Diagnostics for clinics",
@@ -164,6 +166,7 @@ export const en = {
   "report.created": "Created",
   "report.size": "Size",
   "report.frameTitle": "Report contents",
+  ...adminEn,
 };
 
 export type MessageKey = keyof typeof en;

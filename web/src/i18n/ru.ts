@@ -1,4 +1,5 @@
 // Русские строки интерфейса. Тип требует перевода каждого ключа из en.ts.
+import { adminRu } from "../admin/strings";
 import type { MessageKey } from "./en";
 
 export const ru: Record<MessageKey, string> = {
@@ -166,4 +167,5 @@ export const ru: Record<MessageKey, string> = {
   "report.created": "Создан",
   "report.size": "Размер",
   "report.frameTitle": "Содержимое отчёта",
+  ...adminRu,
 };

@@ -134,13 +134,13 @@ function AuditTrail({ studyName, version }: { studyName: string; version: number
                 <tr key={e.auditEventId}>
                   <td className="nowrap">{fmt.dateTime(e.eventTime)}</td>
                   <td>
-                    <span className="mono" title={e.actor}>
+                    <span className="mono nowrap" title={e.actor}>
                       {e.actor.startsWith("users/") ? e.actor.slice(6, 14) : e.actor.replace(/^services\//, "")}
                     </span>
                     <div className="muted">{e.actorRoles.map((r) => Role[r].toLowerCase()).join(", ")}</div>
                   </td>
-                  <td className="mono">{e.action}</td>
-                  <td className="mono">
+                  <td className="mono nowrap">{e.action}</td>
+                  <td className="mono wrap-anywhere">
                     {Object.entries(e.detail)
                       .map(([k, v]) => `${k}=${v}`)
                       .join(" ")}
