@@ -131,6 +131,10 @@ class MisClient:
             timeout=httpx.Timeout(config.mis_timeout_s),
             follow_redirects=False,  # a redirect could carry PHI to a host nobody configured
             trust_env=False,  # no proxy from the environment: the pinned address is the peer
+            # Pooled connections are keyed by the pinned IP, not the host name: a kept-alive
+            # connection verified for one clinic's MIS must not carry another's request to a
+            # host on the same IP. Deliveries are rare; a fresh connection each costs little.
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
 
     async def close(self) -> None:
