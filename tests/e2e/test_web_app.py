@@ -153,6 +153,7 @@ async def test_a_clinician_uploads_an_image_and_a_note_and_the_report_arrives_li
     stack: Stack, context: BrowserContext, screenshots: Path, tmp_path: Path
 ) -> None:
     base = stack.status["edge"]
+    assert stack.printed_value("web") == f"{base}/ (the web app)"
     watched = Watched(await context.new_page())
     page = watched.page
     await page.goto(f"{base}/studies")
