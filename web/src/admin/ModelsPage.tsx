@@ -28,6 +28,12 @@ const readOnlyStore = {
   },
 };
 
+/** Forget every refusal (tests; a fresh page does the same). */
+export function forgetRegistryRefusals(): void {
+  refused.clear();
+  listeners.forEach((l) => l());
+}
+
 /** Whether the server refused this user's registry changes; `error` is the latest change's. */
 function useReadOnly(error: DisplayError | null): boolean {
   const { user } = useSession();

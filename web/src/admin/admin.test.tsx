@@ -1,26 +1,26 @@
 // The admin screens with a scripted server: changing a user's roles, approving, the
 // PERMISSION_DENIED of a registry change, SetDeliveryTarget's field violations put next to
 // their fields (decoded from real gRPC-Web trailers), dead-letter payloads decoded.
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { fireEvent, screen, waitFor, within } from "@testing-library/react";
 import { ApprovalState, UserSchema, type User } from "@gen/medmesh/auth/v1/user_pb";
 import { Role } from "@gen/medmesh/common/v1/common_pb";
 import { ReportJobSchema } from "@gen/medmesh/events/v1/events_pb";
-import { ModelSchema, ModelVersionState } from "@gen/medmesh/infer/v1/model_pb";
+import { ModelSchema, ModelVersionState, TrafficWeightSchema } from "@gen/medmesh/infer/v1/model_pb";
 import { DeadLetterSchema } from "@gen/medmesh/infer/v1/result_pb";
 import { createApi, type Api } from "../api/client";
-import { ADMIN_USER, grpcWebBadRequest, grpcWebError, renderAsAdmin } from "./testing";
+import { ADMIN_USER, grpcWebBadRequest, grpcWebEmpty, grpcWebError, renderAsAdmin } from "./testing";
 import { DeadLettersPage } from "./DeadLettersPage";
 import { DeliveryPage } from "./DeliveryPage";
-import { ModelsPage } from "./ModelsPage";
+import { ModelsPage, forgetRegistryRefusals } from "./ModelsPage";
 import { UsersPage } from "./UsersPage";
 import { decodePayload } from "./payload";
 
 const noTokens = { accessToken: () => "", refresh: async () => false };
 
-function user(id: string, fields: Partial<User>): User {
+function user(id: string, fields: MessageInitShape<typeof UserSchema>): User {
   return create(UserSchema, {
     name: `users/${id}`,
     userId: id,
@@ -95,7 +95,7 @@ describe("users and roles", () => {
     fireEvent.click(within(me).getByLabelText("Врач"));
     fireEvent.click(within(me).getByRole("button", { name: "Сохранить роли" }));
     const alert = await within(me).findByRole("alert");
-    expect(alert.textContent).toContain("Это нельзя сделать в текущем состоянии.");
+    expect(alert.textContent).toContain("В текущем состоянии это невозможно.");
     expect(alert.textContent).toContain("without an enabled admin");
   });
 
@@ -119,7 +119,7 @@ describe("delivery target", () => {
   it("puts SetDeliveryTarget's field violations next to their fields", async () => {
     const fetchImpl = vi.fn(async (url: RequestInfo | URL) => {
       if (String(url).endsWith("/GetDeliveryTarget")) return grpcWebError(5, "no delivery target");
-      if (String(url).endsWith("/ListReports")) return grpcWebError(0, "");
+      if (String(url).endsWith("/ListReports")) return grpcWebEmpty();
       return grpcWebBadRequest("invalid delivery target", [
         ["delivery_target.fhir_base_url", "is not an address reports may be sent to: 10.0.0.7 is private"],
         ["delivery_target.notify_emails[1]", "is not an e-mail address"],
@@ -146,6 +146,7 @@ describe("delivery target", () => {
 });
 
 describe("models", () => {
+  beforeEach(forgetRegistryRefusals);
   const model = create(ModelSchema, {
     name: "models/resnet50",
     kind: 1,
@@ -178,7 +179,7 @@ describe("models", () => {
   });
 
   it("saves a canary split only when the weights add up to 100", async () => {
-    const split = create(ModelSchema, { ...model, trafficSplit: [{ version: 1n, weight: 90 }, { version: 2n, weight: 10 }] });
+    const split = create(ModelSchema, { ...model, trafficSplit: [create(TrafficWeightSchema, { version: 1n, weight: 90 }), create(TrafficWeightSchema, { version: 2n, weight: 10 })] });
     const models = {
       listModels: vi.fn(async () => ({ models: [model], nextPageToken: "" })),
       getModel: vi.fn(async () => ({ model })),

@@ -65,3 +65,13 @@ export function grpcWebError(code: number, message: string, extra: Record<string
     headers: { "content-type": "application/grpc-web+proto", "grpc-status": String(code), "grpc-message": message, ...extra },
   });
 }
+
+/** A successful gRPC-Web response carrying one empty (all-default) message. */
+export function grpcWebEmpty(): Response {
+  const trailer = new TextEncoder().encode("grpc-status: 0\r\n");
+  const body = new Uint8Array(10 + trailer.length);
+  body[5] = 0x80; // message frame: flag 0, length 0 (bytes 0-4); then the trailer frame
+  new DataView(body.buffer).setUint32(6, trailer.length);
+  body.set(trailer, 10);
+  return new Response(body, { status: 200, headers: { "content-type": "application/grpc-web+proto" } });
+}
