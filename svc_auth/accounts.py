@@ -193,6 +193,7 @@ class Accounts:
                 None if password else FieldViolation("password", "is required"),
             ]
         )
+        self._hashing.refuse_if_busy()
         account = account_key(email)
         await self._count_login_attempt(account, client_ip)
         user = None

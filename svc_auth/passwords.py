@@ -11,8 +11,10 @@ once with RESOURCE_EXHAUSTED (retry in a second) instead of queueing without bou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import threading
 import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -114,6 +116,13 @@ def clinic_id_violation(field: str, clinic_id: str) -> FieldViolation | None:
     return None
 
 
+def _lower_thread_priority() -> None:
+    # Linux schedules threads individually: a niced hashing thread yields the CPU to the
+    # event loop (Check, token refresh, JWKS) whenever both want it.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 def default_hash_concurrency() -> int:
     """Half the CPUs (at least one): the other half keeps serving Check, tokens and JWKS."""
     return max(1, (os.cpu_count() or 2) // 2)
@@ -159,12 +168,19 @@ class PasswordHashing:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def _run(self, function: Callable[..., T], *args: object) -> T:
+    def refuse_if_busy(self) -> None:
+        """RESOURCE_EXHAUSTED now when a hash could not even queue (saves the lookups and
+        counters a caller would spend before hashing)."""
         if self._in_flight >= self._capacity:
             raise ResourceExhausted("too many password checks in progress; try again", 1.0)
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        self.refuse_if_busy()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
-                max_workers=self.max_concurrent, thread_name_prefix="argon2"
+                max_workers=self.max_concurrent,
+                thread_name_prefix="argon2",
+                initializer=_lower_thread_priority,
             )
         self._in_flight += 1
         try:
