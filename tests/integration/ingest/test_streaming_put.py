@@ -32,8 +32,10 @@ from gen.medmesh.ingest.v1 import UploadFileMetadata, UploadFileRequest
 from medmesh.errors import NotFound
 from medmesh.launcher import S3Server
 from medmesh.objects import RAW_IMAGES, ObjectStore
+from svc_ingest import streaming_put
 from svc_ingest.config import MIB, IngestConfig
 from svc_ingest.streaming_put import (
+    COALESCE_BYTES,
     ChunkFramer,
     StreamingPutWriter,
     encoded_length,
@@ -270,6 +272,33 @@ async def test_an_aborted_streaming_put_leaves_nothing(
     await writer.abort()  # twice is fine
     await asyncio.sleep(0.3)  # the server has seen the connection close
     assert leftovers(store, s3) == []
+
+
+async def test_tiny_chunks_are_sent_in_coalesced_pieces_and_arrive_intact(
+    s3: S3Endpoint, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 200 KiB in 1-byte and 7-byte chunks, then one 100 KiB chunk: one send per ~64 KiB
+    # gathered (and one for the large chunk), not a thread hop and a syscall per chunk.
+    data = os.urandom(200 * 1024 + 100 * 1024)
+    sends: list[int] = []
+    real_send = streaming_put.send_pieces
+
+    def counting(sock: object, pieces: list[bytes | memoryview]) -> None:
+        sends.append(sum(len(p) for p in pieces))
+        real_send(sock, pieces)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(streaming_put, "send_pieces", counting)
+    writer = StreamingPutWriter(store, RAW_IMAGES, "k", content_type="image/png", size=len(data))
+    position = 0
+    for index in range(200 * 1024 // 4):  # alternating 1 and 7 bytes: 4 bytes a chunk
+        size = 1 if index % 2 == 0 else 7
+        await writer.write(data[position : position + size])
+        position += size
+    await writer.write(data[position:])
+    await writer.commit(sha256(data))
+    assert await store.get_bytes(RAW_IMAGES, "k") == data
+    assert COALESCE_BYTES == 64 * 1024
+    assert len(sends) <= 200 * 1024 // (64 * 1024) + 3, len(sends)
 
 
 async def send_framed(
