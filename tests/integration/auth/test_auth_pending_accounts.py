@@ -32,7 +32,9 @@ from gen.medmesh.auth.v1 import (
     ListUsersRequest,
     LogoutRequest,
     RefreshTokenRequest,
+    SetUserRolesRequest,
 )
+from gen.medmesh.common.v1 import Role
 from medmesh.auth import AuthInterceptor, GrpcJwksSource, TokenVerifier
 from medmesh.contract import DescriptorImage, Method, snake_case
 from medmesh.identity import (
@@ -286,3 +288,20 @@ async def test_admins_find_pending_accounts_and_approval_is_audited(
         registered.user.name,
     )
     assert rows == [(CLINIC_A, admin.user.user_id)]
+
+
+async def test_a_pending_clinician_gets_no_report_mails_until_approved(
+    shared_auth: AuthUnderTest,
+) -> None:
+    address, registered = await shared_auth.register_and_verify(CLINIC_A)
+    admin = await shared_auth.login(ADMIN_EMAIL)
+    metadata = (("authorization", f"Bearer {admin.access_token}"),)
+    await shared_auth.stub.set_user_roles(
+        SetUserRolesRequest(name=registered.user.name, roles=[Role.CLINICIAN]), metadata=metadata
+    )
+    recipients = "SELECT email FROM auth.report_recipients WHERE clinic_id = %s AND email = %s"
+    assert await asyncio.to_thread(shared_auth.query, recipients, CLINIC_A, address) == []
+    await shared_auth.stub.approve_user(
+        ApproveUserRequest(name=registered.user.name), metadata=metadata
+    )
+    assert await asyncio.to_thread(shared_auth.query, recipients, CLINIC_A, address) == [(address,)]
