@@ -49,6 +49,10 @@ _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 _DICOM_BITS_ALLOCATED = frozenset({1, 8, 16, 32, 64})
+# Explicit VRs whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
+_DICOM_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _DICOM_MAX_DIMENSION = 65535  # Rows and Columns are US (16-bit) values
 _DICOM_MAX_FRAMES = 2**31 - 1
 
@@ -158,23 +162,25 @@ def png_header(prefix: bytes) -> PngHeader:
 
 def jpeg_geometry(prefix: bytes) -> ImageGeometry | None:
     """The frame header (SOFn) of the JPEG starting at `prefix`, walking its marker segments;
-    None while `prefix` ends before the frame header. Linear in the bytes it walks."""
+    None while `prefix` ends before the frame header. Linear in the bytes it walks. Junk
+    between segments is skipped, as Pillow and libjpeg do (some cameras write it)."""
     if not prefix.startswith(b"\xff\xd8"):
         raise HeaderError("JPEG does not start with SOI")
     pos, end = 2, len(prefix)
     while True:
         if pos + 2 > end:
             return None
-        if prefix[pos] != 0xFF:
-            raise HeaderError(f"JPEG has no marker at byte {pos}")
+        if prefix[pos] != 0xFF:  # junk between segments
+            pos += 1
+            continue
         marker = prefix[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker in _JPEG_STANDALONE:
+        if marker in _JPEG_STANDALONE or marker == 0x00:  # no length (0x00: stuffed junk)
             pos += 2
             continue
-        if marker in (0x00, 0xD8, 0xD9, 0xDA):
+        if marker in (0xD8, 0xD9, 0xDA):
             raise HeaderError("JPEG has no frame header before its image data")
         if pos + 4 > end:
             return None
@@ -214,7 +220,7 @@ def dicom_transfer_syntax(prefix: bytes) -> str:
         if group != 0x0002:
             break
         vr = prefix[pos + 4 : pos + 6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+        if vr in _DICOM_LONG_VRS:
             if pos + 12 > len(prefix):
                 break
             (length,) = struct.unpack("<I", prefix[pos + 8 : pos + 12])

@@ -404,6 +404,17 @@ def test_a_jpeg_without_a_frame_header_in_the_window_is_refused() -> None:
     assert "no frame header" in refusal(data, JPEG, config=config, chunk=1000)
 
 
+def test_a_jpeg_with_junk_between_segments_is_read_as_pillow_reads_it() -> None:
+    data = jpeg(21, 13)
+    # Junk (and a stuffed FF00) after the APP0 segment, as some cameras write.
+    assert data[2:4] == b"\xff\xe0"
+    after_app0 = 4 + int.from_bytes(data[4:6], "big")
+    junky = data[:after_app0] + b"\x00\x13\x37\xff\x00" + data[after_app0:]
+    validated = validate(junky, JPEG, chunk=3)
+    assert validated.dimensions is not None
+    assert (validated.dimensions.width, validated.dimensions.height) == (21, 13)
+
+
 def test_a_real_jpeg_is_read_in_one_byte_chunks() -> None:
     validated = validate(jpeg(33, 17), JPEG, chunk=1)
     assert validated.dimensions is not None
