@@ -114,7 +114,8 @@ class AuthConfig:
     """MEDMESH_AUTH_TOKEN_LIMIT_ACCOUNT: ResetPassword / AcceptInvitation calls with a valid
     token per account (each may hash a password)."""
     hash_concurrency: int = 0
-    """MEDMESH_AUTH_HASH_CONCURRENCY: argon2 hashes run at once (0: half the CPUs)."""
+    """MEDMESH_AUTH_HASH_CONCURRENCY: argon2 hashes run at once (0: half the usable CPUs,
+    a container's CPU limit respected)."""
     hash_queue: int = 16
     """MEDMESH_AUTH_HASH_QUEUE: hashes that may wait for a slot; more are refused at once
     with RESOURCE_EXHAUSTED."""

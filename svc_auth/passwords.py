@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import threading
 import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 from argon2 import PasswordHasher, Type
@@ -123,9 +125,20 @@ def _lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: the cgroup v2 quota (a container's CPU limit) when there is
+    one, else the CPUs it may run on."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, min(cpus or 1, math.ceil(int(quota) / int(period))))
+    return cpus or 1
+
+
 def default_hash_concurrency() -> int:
-    """Half the CPUs (at least one): the other half keeps serving Check, tokens and JWKS."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    """Half the usable CPUs (at least one): the rest keeps serving Check, tokens and JWKS."""
+    return max(1, usable_cpus() // 2)
 
 
 class PasswordHashing:
