@@ -33,7 +33,9 @@ from gen.medmesh.events.v1 import InferenceJob
 from gen.medmesh.infer.v1 import ModelVersionState
 from medmesh.errors import NotFound
 from medmesh.image_headers import ImageGeometry
+from medmesh.settings import SettingsError
 from svc_infer.budget import DecodeBudget
+from svc_infer.config import InferConfig
 from svc_infer.pipeline import Delivery, ImagePipeline
 from svc_infer.preprocess import (
     BLOCK_WORK_BYTES,
@@ -348,3 +350,15 @@ def test_png_fixture_sizes_are_consistent() -> None:
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert decoded.shape == (4, 5, 4)
     assert decoded.dtype == np.uint16
+
+
+def test_the_budget_settings_are_read_from_the_environment_and_checked() -> None:
+    config = InferConfig.from_extra(
+        {
+            "MEDMESH_INFER_BATCH_DECODE_BUDGET_BYTES": str(512 * MIB),
+            "MEDMESH_INFER_HEADER_BYTES": "65536",
+        }
+    )
+    assert (config.batch_decode_budget_bytes, config.header_bytes) == (512 * MIB, 65536)
+    with pytest.raises(SettingsError, match="BATCH_DECODE_BUDGET_BYTES"):
+        InferConfig(batch_decode_budget_bytes=MIB)
