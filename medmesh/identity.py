@@ -99,9 +99,8 @@ def allows(rule: RoleRule | None, identity: Identity | None, operator_clinic: st
     if isinstance(rule, SignedIn):
         return True
     if isinstance(rule, OperatorOnly):
-        return bool(operator_clinic) and identity.clinic_id == operator_clinic and (
-            identity.has_any(rule.roles)
-        )
+        in_operator_clinic = bool(operator_clinic) and identity.clinic_id == operator_clinic
+        return in_operator_clinic and identity.has_any(rule.roles)
     return identity.has_any(rule)
 
 
