@@ -80,8 +80,9 @@ def _fresh_database(postgres_url: str) -> str:
     return urlsplit(postgres_url)._replace(path=f"/{name}").geturl()
 
 
-async def one_size(database: Database, nats_url: str, size: int) -> tuple[float, float]:
-    """(relay seconds per job, consume seconds per job) with `size` jobs queued."""
+async def one_size(database: Database, nats_url: str, size: int) -> tuple[float, float, float]:
+    """(relay seconds per job, consume seconds per job, the relay's last-tenth / first-tenth
+    batch time) with `size` jobs queued."""
     tag = secrets.token_hex(3)
     outbox = Outbox(f"q{tag}")
     async with database.transaction() as conn:
@@ -103,10 +104,21 @@ async def one_size(database: Database, nats_url: str, size: int) -> tuple[float,
 
         relay = OutboxRelay(outbox, database, js)
         started = time.perf_counter()
-        published = 0
-        while batch := await relay.publish_pending():
+        published, batch_s = 0, []
+        while True:
+            batch_started = time.perf_counter()
+            batch = await relay.publish_pending()
+            if not batch:
+                break
+            batch_s.append(time.perf_counter() - batch_started)
             published += batch
         relay_s = time.perf_counter() - started
+        tenth = max(1, len(batch_s) // 10)
+        first, last = sum(batch_s[:tenth]) / tenth, sum(batch_s[-tenth:]) / tenth
+        print(
+            f"  N={size:6}: relay batch of {relay.options.batch_size}: first tenth"
+            f" {first * 1000:6.1f} ms, last tenth {last * 1000:6.1f} ms (ratio {last / first:4.2f})"
+        )
         assert published == size, (published, size)
 
         acked = 0
@@ -142,7 +154,7 @@ async def one_size(database: Database, nats_url: str, size: int) -> tuple[float,
             await js.delete_stream(stream)
     async with database.transaction() as conn:
         await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(outbox.schema)))
-    return relay_s / size, consume_s / size
+    return relay_s / size, consume_s / size, last / first
 
 
 async def run(sizes: list[int], repeat: int) -> None:
@@ -153,11 +165,13 @@ async def run(sizes: list[int], repeat: int) -> None:
         database_url = _fresh_database(urls[DEPENDENCY_ENV["postgres"]])
         async with Database(database_url, application_name="bench-queue") as database:
             relay: dict[int, list[float]] = {size: [] for size in sizes}
+            drift: dict[int, list[float]] = {size: [] for size in sizes}
             consume: dict[int, list[float]] = {size: [] for size in sizes}
             for _ in range(repeat):
                 for size in sizes:
-                    r, c = await one_size(database, urls[DEPENDENCY_ENV["nats"]], size)
+                    r, c, d = await one_size(database, urls[DEPENDENCY_ENV["nats"]], size)
                     relay[size].append(r)
+                    drift[size].append(d)
                     consume[size].append(c)
                     print(
                         f"  N={size:6}: relay {r * 1e6:7.1f} us/job, consume {c * 1e6:7.1f} us/job"
@@ -179,6 +193,10 @@ async def run(sizes: list[int], repeat: int) -> None:
             if size not in (small, large)
         )
         print(f"P6 {name}: {large} vs {small} queued: {ratio:.2f} (goal <= {GOAL})")
+        if figures is relay:
+            drifts = ", ".join(f"{d:.2f}" for d in drift[large])
+            drift_note = f"batch time, last tenth of the {large} / first tenth: {drifts}"
+            middle = f"{middle}; {drift_note}" if middle else drift_note
         record(
             "bench_queue.py",
             f"P6: {name} per job with {large} queued",
