@@ -8,7 +8,7 @@ import { useApi } from "../app/services";
 import { ErrorNotice } from "../components/ErrorNotice";
 import { Loading, Page } from "../components/misc";
 import { useI18n } from "../i18n";
-import { AdminTabs, Done } from "./common";
+import { AdminTabs, Done, type Notice } from "./common";
 import { decodePayload } from "./payload";
 
 function Inspect({ letter }: { letter: DeadLetter }) {
@@ -46,12 +46,21 @@ function LetterRow({ letter: initial }: { letter: DeadLetter }) {
   const api = useApi();
   const [letter, setLetter] = useState(initial);
   const [open, setOpen] = useState(false);
-  const [done, setDone] = useState<string | null>(null);
+  const [done, setDone] = useState<Notice | null>(null);
   const replay = useAction(() => api.infer.replayDeadLetter({ name: letter.name }));
   return (
     <Fragment>
       <tr data-testid="dead-letter" data-id={letter.deadLetterId} className={open ? "expanded" : undefined}>
-        <td className="mono wrap-anywhere">{letter.subject}</td>
+        <td className="mono">
+          {/* Break long subjects after their dots only. */}
+          {letter.subject.split(".").map((part, i) => (
+            <Fragment key={i}>
+              {i > 0 ? "." : null}
+              {i > 0 ? <wbr /> : null}
+              {part}
+            </Fragment>
+          ))}
+        </td>
         <td className="error-cell">{letter.error.length > 140 ? `${letter.error.slice(0, 140)}…` : letter.error}</td>
         <td className="num">{fmt.number(letter.attempts)}</td>
         <td className="nowrap">{fmt.dateTime(letter.firstFailureTime)}</td>
@@ -80,7 +89,7 @@ function LetterRow({ letter: initial }: { letter: DeadLetter }) {
                   const response = await replay.run();
                   if (response?.deadLetter) {
                     setLetter(response.deadLetter);
-                    setDone(t("dead.replayed", { subject: response.deadLetter.subject }));
+                    setDone(["dead.replayed", { subject: response.deadLetter.subject }]);
                   }
                 }}
               >
@@ -89,7 +98,7 @@ function LetterRow({ letter: initial }: { letter: DeadLetter }) {
             )}
           </div>
           <ErrorNotice error={replay.error} retrying={replay.retrying} />
-          <Done message={done} />
+          <Done notice={done} />
         </td>
       </tr>
       {open ? (

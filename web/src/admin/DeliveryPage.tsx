@@ -12,7 +12,7 @@ import { ErrorNotice } from "../components/ErrorNotice";
 import { TextAreaField, TextField } from "../components/Field";
 import { Loading, Page } from "../components/misc";
 import { useI18n, type MessageKey } from "../i18n";
-import { AdminTabs, Done } from "./common";
+import { AdminTabs, Done, type Notice } from "./common";
 
 const URL_FIELD = "fhir_base_url";
 const EMAILS = /(^|\.)notify_emails(\[(\d+)\])?$/;
@@ -53,7 +53,7 @@ function TargetForm() {
   const [token, setToken] = useState("");
   const [enabled, setEnabled] = useState(true);
   const [emails, setEmails] = useState("");
-  const [done, setDone] = useState<string | null>(null);
+  const [done, setDone] = useState<Notice | null>(null);
   useEffect(() => {
     if (loaded.data === undefined) return;
     const target = loaded.data;
@@ -75,7 +75,7 @@ function TargetForm() {
     if (response?.deliveryTarget) {
       setStored(response.deliveryTarget);
       setToken("");
-      setDone(t("admin.saved"));
+      setDone(["admin.saved"]);
     }
   };
   const mails = emailProblems(save.error, list);
@@ -110,7 +110,7 @@ function TargetForm() {
       </div>
       <TextAreaField label={t("delivery.emails")} field="delivery_target.notify_emails" rows={3} value={emails} onChange={(e) => setEmails(e.target.value)} problems={mails.problems} hint={t("delivery.emailsHint")} />
       <ErrorNotice error={save.error} retrying={save.retrying} claimed={[URL_FIELD, "bearer_token", ...mails.claimed]} />
-      <Done message={done} />
+      <Done notice={done} />
       <div className="form-actions">
         <button type="submit" className="button button-primary" disabled={save.pending}>
           {save.pending ? t("status.saving") : t("admin.save")}
@@ -135,7 +135,7 @@ function ReportRow({ report: initial }: { report: Report }) {
   const { t, fmt } = useI18n();
   const api = useApi();
   const [report, setReport] = useState(initial);
-  const [done, setDone] = useState<string | null>(null);
+  const [done, setDone] = useState<Notice | null>(null);
   const redeliver = useAction(() => api.report.redeliverReport({ name: report.name }));
   const last = report.receipts.at(-1);
   const studyId = report.study.split("/")[1] ?? "";
@@ -196,14 +196,14 @@ function ReportRow({ report: initial }: { report: Report }) {
             const response = await redeliver.run();
             if (response?.report) {
               setReport(response.report);
-              setDone(t("delivery.redelivered", { version: report.version }));
+              setDone(["delivery.redelivered", { version: report.version }]);
             }
           }}
         >
           {t("delivery.redeliver")}
         </button>
         <ErrorNotice error={redeliver.error} retrying={redeliver.retrying} />
-        <Done message={done} />
+        <Done notice={done} />
       </td>
     </tr>
   );

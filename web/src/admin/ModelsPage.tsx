@@ -11,7 +11,7 @@ import { useApi, useSession } from "../app/services";
 import { ErrorNotice } from "../components/ErrorNotice";
 import { Loading, Page } from "../components/misc";
 import { useI18n, type MessageKey } from "../i18n";
-import { AdminTabs, Done } from "./common";
+import { AdminTabs, Done, type Notice } from "./common";
 
 // Users (by id) whose registry changes the server refused in this page's life: kept in memory
 // only, so a new sign-in (or a reload) asks the server again.
@@ -61,11 +61,14 @@ function ModelCard({ listed }: { listed: Model }) {
   const detail = useQuery((signal) => api.models.getModel({ name: listed.name }, { signal }), [api, listed.name]);
   const [changed, setChanged] = useState<Model | null>(null);
   const model = changed ?? detail.data?.model ?? listed;
-  const weightOf = (version: bigint) => model.trafficSplit.find((w) => w.version === version)?.weight ?? 0;
+  // No split set: the stable version serves every study (what the registry's routing does).
+  const stableOnly = model.trafficSplit.length === 0 && model.stableVersion > 0n;
+  const shares = stableOnly ? [{ version: model.stableVersion, weight: 100 }] : model.trafficSplit;
+  const weightOf = (version: bigint) => shares.find((w) => w.version === version)?.weight ?? 0;
   const live = model.versions.filter((v) => v.state !== ModelVersionState.RETIRED);
   const [draft, setDraft] = useState<Record<string, string> | null>(null);
   const [confirmRollback, setConfirmRollback] = useState(false);
-  const [done, setDone] = useState<string | null>(null);
+  const [done, setDone] = useState<Notice | null>(null);
   const weights = live.map((v) => ({ version: v.version, weight: Number(draft?.[String(v.version)] ?? weightOf(v.version)) }));
   const sum = weights.reduce((total, w) => total + (Number.isFinite(w.weight) ? w.weight : 0), 0);
   const splitValid = sum === 100 && weights.every((w) => Number.isInteger(w.weight) && w.weight >= 0 && w.weight <= 100);
@@ -104,7 +107,7 @@ function ModelCard({ listed }: { listed: Model }) {
       </div>
       <ErrorNotice error={detail.error} retrying={detail.retrying} />
       <ErrorNotice error={error} />
-      <Done message={done} />
+      <Done notice={done} />
       <div className="table-wrap">
         <table className="table" data-testid="versions">
           <thead>
@@ -141,7 +144,7 @@ function ModelCard({ listed }: { listed: Model }) {
                         data-testid="promote"
                         onClick={async () => {
                           clearErrors();
-                          if (await promote.run(v.version)) setDone(t("models.promoted", { version: fmt.number(Number(v.version)) }));
+                          if (await promote.run(v.version)) setDone(["models.promoted", { version: fmt.number(Number(v.version)) }]);
                         }}
                       >
                         {t("models.promote")}
@@ -156,12 +159,13 @@ function ModelCard({ listed }: { listed: Model }) {
       </div>
       <h3 className="split-title">{t("models.splitTitle")}</h3>
       <div className="split-bar" aria-hidden="true">
-        {model.trafficSplit.map((w) => (
+        {shares.map((w) => (
           <span key={String(w.version)} style={{ width: `${w.weight}%` }} title={`v${w.version}: ${w.weight}%`} />
         ))}
       </div>
-      <p className="muted">
-        {model.trafficSplit.map((w) => `v${fmt.number(Number(w.version))} ${fmt.percent(w.weight / 100)}`).join(" · ") || "—"}
+      <p className="muted" data-testid="split">
+        {shares.map((w) => `v${fmt.number(Number(w.version))} ${fmt.percent(w.weight / 100)}`).join(" · ") || "—"}
+        {stableOnly ? ` (${t("models.stableOnly")})` : null}
       </p>
       <p className="field-hint">{t("models.armCounts")}</p>
       {readOnly ? (
@@ -179,7 +183,7 @@ function ModelCard({ listed }: { listed: Model }) {
               clearErrors();
               if (await split.run()) {
                 setDraft(null);
-                setDone(t("models.splitSaved"));
+                setDone(["models.splitSaved"]);
               }
             }}
           >
@@ -219,7 +223,7 @@ function ModelCard({ listed }: { listed: Model }) {
                       setConfirmRollback(false);
                       clearErrors();
                       const target = fmt.number(Number(model.previousStableVersion));
-                      if (await rollback.run()) setDone(t("models.rolledBack", { version: target }));
+                      if (await rollback.run()) setDone(["models.rolledBack", { version: target }]);
                     }}
                   >
                     {t("models.confirm")}

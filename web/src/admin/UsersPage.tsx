@@ -10,7 +10,7 @@ import { ErrorNotice } from "../components/ErrorNotice";
 import { TextField } from "../components/Field";
 import { Loading, Page } from "../components/misc";
 import { useI18n } from "../i18n";
-import { AdminTabs, Done, RoleBadges, RoleChecks } from "./common";
+import { AdminTabs, Done, type Notice, RoleBadges, RoleChecks } from "./common";
 
 function StateBadge({ user }: { user: User }) {
   const { t } = useI18n();
@@ -19,7 +19,7 @@ function StateBadge({ user }: { user: User }) {
   return <span className="badge badge-ok">{t("users.approved")}</span>;
 }
 
-function UserRow({ user, self, onChanged }: { user: User; self: boolean; onChanged(message: string): void }) {
+function UserRow({ user, self, onChanged }: { user: User; self: boolean; onChanged(notice: Notice): void }) {
   const { t, fmt } = useI18n();
   const api = useApi();
   const [editing, setEditing] = useState(false);
@@ -38,7 +38,7 @@ function UserRow({ user, self, onChanged }: { user: User; self: boolean; onChang
     if (roles.length === 0) return;
     if (await setUserRoles.run(roles)) {
       setEditing(false);
-      onChanged(t("users.rolesDone", { name }));
+      onChanged(["users.rolesDone", { name }]);
     }
   };
   const startEditing = () => {
@@ -94,7 +94,7 @@ function UserRow({ user, self, onChanged }: { user: User; self: boolean; onChang
                 data-testid="confirm-disable"
                 onClick={async () => {
                   setConfirming(false);
-                  if (await disable.run()) onChanged(t("users.disabledDone", { name }));
+                  if (await disable.run()) onChanged(["users.disabledDone", { name }]);
                 }}
               >
                 {t("users.confirm")}
@@ -112,7 +112,7 @@ function UserRow({ user, self, onChanged }: { user: User; self: boolean; onChang
                   disabled={busy}
                   data-testid="approve"
                   onClick={async () => {
-                    if (await approve.run()) onChanged(t("users.approvedDone", { name }));
+                    if (await approve.run()) onChanged(["users.approvedDone", { name }]);
                   }}
                 >
                   {t("users.approve")}
@@ -136,7 +136,7 @@ function UserRow({ user, self, onChanged }: { user: User; self: boolean; onChang
   );
 }
 
-function InviteForm({ onInvited }: { onInvited(message: string): void }) {
+function InviteForm({ onInvited }: { onInvited(notice: Notice): void }) {
   const { t, fmt } = useI18n();
   const api = useApi();
   const [email, setEmail] = useState("");
@@ -147,7 +147,7 @@ function InviteForm({ onInvited }: { onInvited(message: string): void }) {
     event.preventDefault();
     const response = await invite.run();
     if (response?.invitation) {
-      onInvited(t("users.invited", { email: response.invitation.email, until: fmt.dateTime(response.invitation.expireTime) }));
+      onInvited(["users.invited", { email: response.invitation.email, until: fmt.dateTime(response.invitation.expireTime) }]);
       setEmail("");
       setDisplayName("");
     }
@@ -179,7 +179,7 @@ export function UsersPage() {
   const { user: me } = useSession();
   const [approvalState, setApprovalState] = useState(ApprovalState.UNSPECIFIED);
   const [pages, setPages] = useState<string[]>([""]);
-  const [done, setDone] = useState<string | null>(null);
+  const [done, setDone] = useState<Notice | null>(null);
   const query = useQuery(
     async (signal) => {
       const users: User[] = [];
@@ -193,15 +193,15 @@ export function UsersPage() {
     },
     [api, approvalState, pages],
   );
-  const changed = (message: string) => {
-    setDone(message);
+  const changed = (notice: Notice) => {
+    setDone(notice);
     query.reload();
   };
   const users = query.data?.users ?? [];
   return (
     <Page title={t("users.title")}>
       <AdminTabs />
-      <Done message={done} />
+      <Done notice={done} />
       <div className="admin-grid">
         <div>
           <div className="filters">

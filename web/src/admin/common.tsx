@@ -90,19 +90,23 @@ export function RoleChecks({
   );
 }
 
+/** A success message: its key and values, translated when shown (so it follows a language switch). */
+export type Notice = readonly [MessageKey, Record<string, string | number>?];
+
 /** A success line that fades out after a few seconds (role="status" for screen readers). */
-export function Done({ message }: { message: string | null }) {
-  const [shown, setShown] = useState(message);
+export function Done({ notice }: { notice: Notice | null }) {
+  const { t } = useI18n();
+  const [shown, setShown] = useState(notice);
   useEffect(() => {
-    setShown(message);
-    if (!message) return undefined;
-    const timer = setTimeout(() => setShown(null), 6000);
+    setShown(notice);
+    if (!notice) return undefined;
+    const timer = setTimeout(() => setShown(null), 8000);
     return () => clearTimeout(timer);
-  }, [message]);
+  }, [notice]);
   if (!shown) return null;
   return (
     <div className="notice notice-ok" role="status" data-testid="done">
-      {shown}
+      {t(shown[0], shown[1])}
     </div>
   );
 }

@@ -117,6 +117,7 @@ export const adminEn = {
   "models.splitSaved": "The traffic split is saved.",
   "models.readOnly": "Models are shared by every clinic and only the operator clinic's admins change them; you can view them here.",
   "models.armCounts": "Studies per arm are not reported by the model registry.",
+  "models.stableOnly": "no split set: the stable version serves every new study",
 
   "dead.title": "Dead letters",
   "dead.hint": "Jobs that failed their last attempt. Replay republishes a job with fresh attempts.",
@@ -261,6 +262,7 @@ export const adminRu: Record<AdminMessageKey, string> = {
   "models.splitSaved": "Распределение трафика сохранено.",
   "models.readOnly": "Модели общие для всех клиник, и менять их могут только администраторы клиники-оператора; здесь их можно просматривать.",
   "models.armCounts": "Реестр моделей не сообщает число исследований по ветвям.",
+  "models.stableOnly": "распределение не задано: все новые исследования получает стабильная версия",
 
   "dead.title": "Необработанные задания",
   "dead.hint": "Задания, исчерпавшие все попытки. Повтор публикует задание заново с новыми попытками.",
