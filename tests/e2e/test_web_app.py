@@ -236,12 +236,42 @@ async def test_a_clinician_uploads_an_image_and_a_note_and_the_report_arrives_li
     assert watched.problems == []
 
 
-def _mail_to(mail_dir: Path, address: str) -> Message:
+def _mail_to(mail_dir: Path, address: str, containing: str = "") -> Message:
     for path in sorted(mail_dir.glob("*.eml")):
         message = email.message_from_bytes(path.read_bytes())
-        if address in (message["To"] or ""):
+        if address in (message["To"] or "") and containing in _text(message):
             return message
     raise AssertionError(f"no mail to {address}")
+
+
+async def _link_in_mail(stack: Stack, address: str, page: str) -> str:
+    """The `{page}#token=` link of the mail to `address` (waiting for the SMTP sink)."""
+    for _ in range(100):
+        try:
+            text = _text(_mail_to(stack.data_dir / "mail", address, f"/{page}#token="))
+            break
+        except AssertionError:
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"no {page} mail to {address}")
+    link = re.search(rf"http://\S+/{page}#token=[^\s<>\"]+", text)
+    assert link, text
+    assert link.group(0).startswith(f"{stack.status['edge']}/{page}#token=")
+    return link.group(0)
+
+
+async def _register(stack: Stack, address: str) -> None:
+    async with httpx.AsyncClient(base_url=stack.status["edge"], timeout=30) as api:
+        registered = await api.post(
+            "/v1/users:register",
+            json={
+                "email": address,
+                "password": "a-Long-enough-Passphrase-42",
+                "displayName": "New Clinician",
+                "clinicId": "demo-clinic",
+            },
+        )
+        assert registered.status_code == 200, registered.text
 
 
 def _text(message: Message) -> str:
@@ -258,32 +288,12 @@ async def test_the_verification_mails_link_opens_the_app_and_verifies_the_addres
 ) -> None:
     base = stack.status["edge"]
     address = "new.clinician@demo-clinic.example"
-    async with httpx.AsyncClient(base_url=base, timeout=30) as api:
-        registered = await api.post(
-            "/v1/users:register",
-            json={
-                "email": address,
-                "password": "a-Long-enough-Passphrase-42",
-                "displayName": "New Clinician",
-                "clinicId": "demo-clinic",
-            },
-        )
-        assert registered.status_code == 200, registered.text
-    mail: Message | None = None
-    for _ in range(100):
-        try:
-            mail = _mail_to(stack.data_dir / "mail", address)
-            break
-        except AssertionError:
-            await asyncio.sleep(0.1)
-    assert mail is not None
-    link = re.search(r"http://\S+/verify-email#token=[^\s<>\"]+", _text(mail))
-    assert link, _text(mail)
-    assert link.group(0).startswith(f"{base}/verify-email#token=")
+    await _register(stack, address)
+    link = await _link_in_mail(stack, address, "verify-email")
 
     watched = Watched(await context.new_page())
     page = watched.page
-    await page.goto(link.group(0))
+    await page.goto(link)
     await page.get_by_test_id("verified").wait_for()
     assert "#" not in page.url  # the token left the address bar and the history
     await page.screenshot(path=screenshots / "verify-email.png")
@@ -292,6 +302,41 @@ async def test_the_verification_mails_link_opens_the_app_and_verifies_the_addres
         users = await api.get("/v1/users", headers=await _admin_headers(api, stack))
     verified = {u["email"]: u.get("emailVerified", False) for u in users.json()["users"]}
     assert verified[address] is True
+    assert watched.problems == []
+
+
+async def test_a_reset_mail_leads_to_its_page_where_a_weak_password_is_refused_at_its_field(
+    stack: Stack, context: BrowserContext, screenshots: Path
+) -> None:
+    base = stack.status["edge"]
+    address = "forgetful@demo-clinic.example"
+    await _register(stack, address)
+    watched = Watched(await context.new_page())
+    page = watched.page
+    await page.goto(f"{base}/reset-password")
+    await page.get_by_label("E-mail").fill(address)
+    await page.get_by_role("button", name="Send the link").click()
+    await page.get_by_text("If an account exists for this address").wait_for()
+
+    # The link opens in the tab that asked for it: only the fragment changes.
+    await page.goto(await _link_in_mail(stack, address, "reset-password"))
+    await page.get_by_role("heading", name="Set a new password").wait_for()
+    assert "#" not in page.url
+    for label in ("New password", "Repeat the new password"):
+        await page.get_by_label(label, exact=True).fill("short")
+    await page.get_by_role("button", name="Set password").click()
+    refused = page.get_by_test_id("field-error")
+    await refused.wait_for()
+    assert "at least" in await refused.inner_text()
+    field = page.locator(".field", has=refused)
+    assert await field.locator("input").get_attribute("name") == "new_password"
+    assert "Some fields need attention." in await page.get_by_role("alert").inner_text()
+    await page.screenshot(path=screenshots / "reset-password-refused.png")
+
+    for label in ("New password", "Repeat the new password"):
+        await page.get_by_label(label, exact=True).fill("a-Different-long-Passphrase-7")
+    await page.get_by_role("button", name="Set password").click()
+    await page.get_by_test_id("password-changed").wait_for()
     assert watched.problems == []
 
 

@@ -53,9 +53,14 @@ function currentLocation() {
 export function RouterProvider({ children }: { children: ReactNode }) {
   const [location, setLocation] = useState(currentLocation);
   useEffect(() => {
+    // A mail link opened in a tab already on its page changes only the fragment: hashchange.
     const onPop = () => setLocation(currentLocation());
     window.addEventListener("popstate", onPop);
-    return () => window.removeEventListener("popstate", onPop);
+    window.addEventListener("hashchange", onPop);
+    return () => {
+      window.removeEventListener("popstate", onPop);
+      window.removeEventListener("hashchange", onPop);
+    };
   }, []);
   const navigate = useCallback((to: string, options: NavigateOptions = {}) => {
     if (options.replace) window.history.replaceState(null, "", to);
@@ -73,18 +78,26 @@ export function useRouter(): RouterState {
   return state;
 }
 
+function tokenIn(hash: string): string {
+  return new URLSearchParams(hash.replace(/^#/, "")).get("token") ?? "";
+}
+
 /**
- * Reads `#token=...` once and removes it from the address bar and history, so a one-time
- * token from an e-mail link is neither kept in history nor sent anywhere (fragments never
- * reach the server).
+ * The one-time token of a mail link (`/verify-email#token=...`), kept in memory and removed
+ * from the address bar and history at once, so it is neither kept in history nor sent
+ * anywhere (fragments never reach the server). A link opened in a tab already on its page
+ * changes only the fragment: the newest token wins.
  */
 export function useFragmentToken(): string {
-  const [token] = useState(() => new URLSearchParams(window.location.hash.slice(1)).get("token") ?? "");
+  const { hash } = useRouter();
+  const [token, setToken] = useState(() => tokenIn(window.location.hash));
   useEffect(() => {
+    const fresh = tokenIn(hash);
+    if (fresh) setToken(fresh);
     if (window.location.hash) {
       window.history.replaceState(null, "", window.location.pathname + window.location.search);
     }
-  }, []);
+  }, [hash]);
   return token;
 }
 

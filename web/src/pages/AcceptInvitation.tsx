@@ -9,9 +9,13 @@ import { TextField } from "../components/Field";
 import { useI18n } from "../i18n";
 
 export function AcceptInvitationPage() {
+  const token = useFragmentToken();
+  return <AcceptInvitationForm key={token} token={token} />;
+}
+
+function AcceptInvitationForm({ token }: { token: string }) {
   const { t } = useI18n();
   const api = useApi();
-  const token = useFragmentToken();
   const [displayName, setDisplayName] = useState("");
   const [password, setPassword] = useState("");
   const [confirm, setConfirm] = useState("");

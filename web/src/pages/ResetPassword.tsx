@@ -82,5 +82,5 @@ function SetPassword({ token }: { token: string }) {
 
 export function ResetPasswordPage() {
   const token = useFragmentToken();
-  return token ? <SetPassword token={token} /> : <RequestReset />;
+  return token ? <SetPassword key={token} token={token} /> : <RequestReset />;
 }

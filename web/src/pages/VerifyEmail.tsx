@@ -13,11 +13,12 @@ export function VerifyEmailPage() {
   const [done, setDone] = useState(false);
   const verify = useAction((tok: string) => api.auth.verifyEmail({ token: tok }).then(() => true));
   const { run } = verify;
-  const sent = useRef(false);
+  const sent = useRef("");
   useEffect(() => {
-    // Once: a verification token is single-use (StrictMode runs effects twice in development).
-    if (!token || sent.current) return;
-    sent.current = true;
+    // Once per token: it is single-use (StrictMode runs effects twice in development).
+    if (!token || sent.current === token) return;
+    sent.current = token;
+    setDone(false);
     void run(token).then((ok) => setDone(Boolean(ok)));
   }, [token, run]);
   return (
