@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import pytest
 from pypdf import PdfReader
-from support.stack import Stack, running_stack
+from support.stack import Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -54,11 +54,10 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, model_base_dir: Path) -> Iterator[Stack]:
-    """The whole product, started by `medmesh up` in a fresh data directory (it builds the
-    web app first when web/dist is missing or stale)."""
-    with running_stack(tmp_path_factory.mktemp("web-e2e"), model_base_dir) as running:
-        yield running
+def stack(web_stack: Stack) -> Stack:
+    """The whole product, started once by `medmesh up` for every browser test of this folder
+    (conftest.py's web_stack; it builds the web app first when web/dist is missing or stale)."""
+    return web_stack
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,7 @@ function ModelCard({ listed }: { listed: Model }) {
             <span className={`split-sum${splitValid ? "" : " bad"}`} data-testid="split-sum">
               {splitValid ? t("models.splitSum", { sum: fmt.number(sum) }) : `${t("models.splitSum", { sum: fmt.number(sum) })} — ${t("models.splitMustBe100")}`}
             </span>
-            <button type="submit" className="button button-primary" disabled={!splitValid || busy || draft === null}>
+            <button type="submit" className="button button-primary" disabled={!splitValid || busy}>
               {t("models.saveSplit")}
             </button>
             {model.previousStableVersion ? (
