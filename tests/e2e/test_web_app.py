@@ -235,6 +235,32 @@ async def test_a_clinician_uploads_an_image_and_a_note_and_the_report_arrives_li
     assert watched.problems == []
 
 
+async def test_the_studies_list_follows_an_unfinished_study_live_to_its_report(
+    stack: Stack, context: BrowserContext
+) -> None:
+    base = stack.status["edge"]
+    async with httpx.AsyncClient(base_url=base, timeout=30) as api:
+        headers = await _admin_headers(api, stack)
+        created = await api.post("/v1/studies", json={"patientRef": "P-live"}, headers=headers)
+        study = created.json()["study"]
+        watched = Watched(await context.new_page())
+        page = watched.page
+        await _sign_in(page, base, ADMIN, _password(stack))
+        row = page.locator(f"[data-testid=study-row][data-study='{study['studyId']}']")
+        await row.locator("[data-testid=live][data-state=live]").wait_for()
+        assert await row.get_by_test_id("study-status").get_attribute("data-status") == "CREATED"
+        await page.evaluate("window.__sameDocument = true")
+
+        note = await api.post(
+            f"/v1/{study['name']}/files:createTextNote", json={"text": NOTE}, headers=headers
+        )
+        assert note.status_code == 200, note.text
+    final = row.locator("[data-testid=study-status][data-status=REPORT_READY]")
+    await final.wait_for(timeout=REPORT_TIMEOUT_MS)
+    assert await page.evaluate("window.__sameDocument") is True
+    assert watched.problems == []
+
+
 def _mail_to(mail_dir: Path, address: str, containing: str = "") -> Message:
     for path in sorted(mail_dir.glob("*.eml")):
         message = email.message_from_bytes(path.read_bytes())

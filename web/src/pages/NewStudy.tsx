@@ -12,7 +12,7 @@ import { TextAreaField, TextField } from "../components/Field";
 import { LiveIndicator } from "../components/LiveIndicator";
 import { Page, ProgressBar, StudyStatusBadge } from "../components/misc";
 import { useStudyWatch } from "../study/useWatch";
-import { useI18n, type Translate, type Formatters } from "../i18n";
+import { useI18n, type Formatters, type MessageKey, type Translate } from "../i18n";
 import { PutFailed, uploadImage } from "../upload/transfer";
 import { checkImageFile, checkNote, type CheckedFile, type Problem } from "../upload/validation";
 
@@ -165,7 +165,7 @@ export function NewStudyPage() {
                 <span className="file-name" title={row.checked.file.name}>
                   {row.checked.file.name}
                   <div className="muted">
-                    {t(`file.kind.${row.checked.kind}` as never)} · {fmt.bytes(row.checked.file.size)}
+                    {t(`file.kind.${row.checked.kind}` as MessageKey)} · {fmt.bytes(row.checked.file.size)}
                   </div>
                   {row.checked.problems.map((p) => (
                     <div key={p.kind} className="field-errors" data-testid="file-problem">
@@ -174,7 +174,7 @@ export function NewStudyPage() {
                   ))}
                   {row.error ? <ErrorNotice error={row.error} /> : null}
                 </span>
-                <span className="muted">{t(`new.${row.state === "uploading" ? "uploading" : row.state}` as never)}</span>
+                <span className="muted">{t(`new.${row.state}` as MessageKey)}</span>
                 <ProgressBar value={row.progress} label={row.checked.file.name} />
                 <button type="button" className="button button-quiet button-small" disabled={studyName !== ""} onClick={() => setRows((c) => c.filter((r) => r.id !== row.id))}>
                   {t("new.remove")}
