@@ -72,7 +72,7 @@ function UserRow({ user, self, onChanged }: { user: User; self: boolean; onChang
         <StateBadge user={user} />
         {!user.emailVerified ? <div className="muted">{t("users.unverified")}</div> : null}
       </td>
-      <td className="nowrap">{fmt.dateTime(user.createTime)}</td>
+      <td>{fmt.dateTime(user.createTime)}</td>
       <td className="actions">
         <div className="row-actions">
           {editing ? (
