@@ -3,7 +3,7 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { AnySchema, anyPack } from "@bufbuild/protobuf/wkt";
-import { render } from "@testing-library/react";
+import { act, render } from "@testing-library/react";
 import type { ReactElement } from "react";
 import { BadRequestSchema } from "@gen/google/rpc/error_details_pb";
 import { UserSchema, ApprovalState } from "@gen/medmesh/auth/v1/user_pb";
@@ -36,12 +36,15 @@ export async function renderAsAdmin(ui: ReactElement, api: Partial<Api>, locale:
   const session = new Session(window.sessionStorage);
   session.attach(full);
   await session.login(ADMIN_USER.email, "password");
-  return render(
-    <I18nProvider initial={locale}>
-      <ServicesProvider services={{ api: full, session }}>
-        <RouterProvider>{ui}</RouterProvider>
-      </ServicesProvider>
-    </I18nProvider>,
+  // Rendered inside an async act, so the screen's first calls settle before the test looks.
+  return act(async () =>
+    render(
+      <I18nProvider initial={locale}>
+        <ServicesProvider services={{ api: full, session }}>
+          <RouterProvider>{ui}</RouterProvider>
+        </ServicesProvider>
+      </I18nProvider>,
+    ),
   );
 }
 
