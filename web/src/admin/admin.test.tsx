@@ -11,6 +11,7 @@ import { ReportJobSchema } from "@gen/medmesh/events/v1/events_pb";
 import { ModelSchema, ModelVersionState, TrafficWeightSchema } from "@gen/medmesh/infer/v1/model_pb";
 import { DeadLetterSchema } from "@gen/medmesh/infer/v1/result_pb";
 import { createApi, type Api } from "../api/client";
+import { Layout } from "../app/Layout";
 import { ADMIN_USER, grpcWebBadRequest, grpcWebEmpty, grpcWebError, renderAsAdmin } from "./testing";
 import { DeadLettersPage } from "./DeadLettersPage";
 import { DeliveryPage } from "./DeliveryPage";
@@ -236,5 +237,16 @@ describe("dead letters", () => {
     await screen.findByText("The job is republished on medmesh.jobs.report.");
     expect(screen.getByTestId("replayed")).toBeTruthy();
     expect(screen.queryByTestId("replay")).toBeNull();
+  });
+});
+
+describe("navigation", () => {
+  it("shows the Admin entry to admins, marked current on every admin screen", async () => {
+    window.history.replaceState(null, "", "/admin/models");
+    await renderAsAdmin(<Layout>screen</Layout>, {});
+    const admin = screen.getByRole("link", { name: "Admin" });
+    expect(admin.getAttribute("href")).toBe("/admin/users");
+    expect(admin.getAttribute("aria-current")).toBe("page");
+    expect(screen.getByRole("link", { name: "Studies" }).getAttribute("aria-current")).toBeNull();
   });
 });

@@ -10,7 +10,7 @@ import { UsersPage } from "./UsersPage";
 const ADMIN = [Role.ADMIN] as const;
 
 export const ADMIN_ROUTES: RouteDef[] = [
-  { path: "/admin/users", page: UsersPage, access: "roles", roles: ADMIN, nav: "nav.admin" },
+  { path: "/admin/users", page: UsersPage, access: "roles", roles: ADMIN, nav: "nav.admin", navSection: "/admin/" },
   { path: "/admin/delivery", page: DeliveryPage, access: "roles", roles: ADMIN },
   { path: "/admin/models", page: ModelsPage, access: "roles", roles: ADMIN },
   { path: "/admin/dead-letters", page: DeadLettersPage, access: "roles", roles: ADMIN },

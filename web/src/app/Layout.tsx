@@ -31,11 +31,14 @@ export function Layout({ children }: { children: ReactNode }) {
         </Link>
         {status === "signedIn" ? (
           <nav className="nav" aria-label="main">
-            {nav.map((r) => (
-              <Link key={r.path} to={r.path} className={pathname === r.path ? "active" : undefined} aria-current={pathname === r.path ? "page" : undefined}>
-                {t(r.nav!)}
-              </Link>
-            ))}
+            {nav.map((r) => {
+              const current = pathname === r.path || (r.navSection !== undefined && pathname.startsWith(r.navSection));
+              return (
+                <Link key={r.path} to={r.path} className={current ? "active" : undefined} aria-current={current ? "page" : undefined}>
+                  {t(r.nav!)}
+                </Link>
+              );
+            })}
           </nav>
         ) : (
           <span className="nav" />

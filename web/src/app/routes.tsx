@@ -25,6 +25,8 @@ export interface RouteDef {
   roles?: readonly Role[];
   /** Shown in the navigation bar under this label. */
   nav?: MessageKey;
+  /** The navigation entry is also marked current on addresses under this prefix. */
+  navSection?: string;
 }
 
 export const ROUTES: RouteDef[] = [
