@@ -5,7 +5,9 @@ messages + grpcio sync client stubs; `gen.medmesh.<area>.v1`, plus `gen.google.p
 `gen.google.api` because the betterproto2 runtime ships no well-known types) and the descriptor
 image `gen/medmesh.binpb` (imports and source info included, so reflection shows comments),
 and the TypeScript messages and service descriptors the web app imports (`gen/ts/`, made by
-`@bufbuild/protoc-gen-es` from web/node_modules: run `npm ci` in web/ first).
+`@bufbuild/protoc-gen-es` from web/node_modules: run `npm ci` in web/ first), and the OpenAPI 2.0
+document of every REST binding (`gen/openapi/medmesh.swagger.json`, made by Debian's
+`protoc-gen-swagger`: `apt-get install golang-grpc-gateway`).
 
 Everything is generated into a temp dir first: a normal run swaps it in for `gen/`, `--check`
 compares it byte for byte with the committed `gen/` and fails when anything differs.
@@ -25,10 +27,16 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from medmesh import openapi
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GEN_DIR = REPO_ROOT / "gen"
 THIRD_PARTY_DIR = REPO_ROOT / "third_party"
 BUF_GEN_TEMPLATE = REPO_ROOT / "buf.gen.yaml"
+# The OpenAPI plugin runs from a template of its own, over proto/ only (see the template).
+OPENAPI_GEN_TEMPLATE = REPO_ROOT / "buf.gen.openapi.yaml"
+OPENAPI_PLUGIN = "protoc-gen-swagger"
+OPENAPI_INPUT = REPO_ROOT / "proto" / "medmesh"
 IMAGE_NAME = "medmesh.binpb"
 # The google/api protos our services import, taken from googleapis-common-protos, and
 # google.rpc's error details (BadRequest), which the web app decodes from grpc-status-details-bin.
@@ -72,6 +80,15 @@ def check_ts_plugin() -> None:
         raise CodegenError(
             f"{TS_PLUGIN} not found in {NODE_BIN_DIR}: run `npm ci` in web/ "
             "(`./dev` does it) before generating gen/"
+        )
+
+
+def check_openapi_plugin() -> None:
+    """Fail with what to do when protoc-gen-swagger (Debian's golang-grpc-gateway) is missing."""
+    if shutil.which(OPENAPI_PLUGIN, path=plugin_env()["PATH"]) is None:
+        raise CodegenError(
+            f"{OPENAPI_PLUGIN} not found on PATH: `apt-get install golang-grpc-gateway` "
+            "(Debian's grpc-gateway 1.6.4 ships it) before generating gen/"
         )
 
 
@@ -131,6 +148,7 @@ def render(workdir: Path) -> Path:
     ruff it runs would pick up the repo's ruff settings.
     """
     check_ts_plugin()
+    check_openapi_plugin()
     scratch = workdir / "cwd"
     scratch.mkdir()
     out = workdir / "out"
@@ -143,7 +161,20 @@ def render(workdir: Path) -> Path:
         str(out),
         cwd=scratch,
     )
+    run_buf(
+        "generate",
+        str(REPO_ROOT),
+        "--template",
+        str(OPENAPI_GEN_TEMPLATE),
+        "--path",
+        str(OPENAPI_INPUT),
+        "--output",
+        str(out),
+        cwd=scratch,
+    )
     fresh = out / "gen"
+    for swagger in sorted((fresh / "openapi").glob("*.swagger.json")):
+        openapi.rewrite_file(swagger)
     # buf build includes imports and source info unless told otherwise: reflection needs both.
     run_buf("build", str(REPO_ROOT), "--output", str(fresh / IMAGE_NAME), cwd=scratch)
     return fresh
@@ -204,7 +235,7 @@ def generate(*, check: bool = False) -> int:
                     return 1
                 return 0
             swap_in(fresh)
-    except CodegenError as error:
+    except (CodegenError, openapi.OpenApiError) as error:
         print(error, file=sys.stderr)
         return 2
     return 0

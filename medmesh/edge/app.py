@@ -1,6 +1,6 @@
 """The edge as an ASGI application: what Envoy's filter chain does in production, in order.
 
-    CORS (preflights answered here) → /healthz → the web app's files (webapp.py) →
+    CORS (preflights answered here) → /healthz, /openapi.json → the web app's files →
     ext_authz (Check on svc_auth) →
     gRPC-Web (by content type) or REST transcoding (by the google.api.http templates)
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import grpc
 import structlog
@@ -54,6 +55,10 @@ _LATENCY = Histogram(
 _AUTHZ = Counter("edge_authz_checks_total", "ext_authz checks by outcome.", ["outcome"])
 
 HEALTH_PATH = "/healthz"
+# The OpenAPI 2.0 document of every REST binding, generated from proto/ into gen/ (codegen.py),
+# public like the signing keys: integrators read it before they have a token.
+OPENAPI_PATH = "/openapi.json"
+DEFAULT_OPENAPI_FILE = Path(__file__).resolve().parents[2] / "gen/openapi/medmesh.swagger.json"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
@@ -92,6 +97,7 @@ class EdgeApp:
         authz_timeout_s: float = 2.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         webapp: WebApp | None = None,
+        openapi_file: Path | None = DEFAULT_OPENAPI_FILE,
     ) -> None:
         if not authz_addr:
             raise ValueError("the edge needs an authorization service (svc_auth's address)")
@@ -104,6 +110,7 @@ class EdgeApp:
         self.upstream_timeout_s = upstream_timeout_s
         self.max_body_bytes = max_body_bytes
         self.webapp = webapp
+        self.openapi = _read_openapi(openapi_file)
         self.serving = True
 
     async def close(self) -> None:
@@ -152,9 +159,8 @@ class EdgeApp:
         exchange.extra_headers.extend(self.cors.response_headers(origin))
         grpc_web = is_grpc_web(request.header("content-type")) and request.method == "POST"
         exchange.protocol = "grpc-web" if grpc_web else "rest"
-        if request.raw_path == HEALTH_PATH and request.method == "GET":
-            exchange.route = "healthz"
-            await self._health(exchange)
+        if request.method == "GET" and request.raw_path in (HEALTH_PATH, OPENAPI_PATH):
+            await self._answer_locally(request.raw_path, exchange)
             return
         web = self.webapp
         if web is not None and not grpc_web and web.claims(request.method, request.raw_path):
@@ -196,10 +202,26 @@ class EdgeApp:
             return
         exchange.grpc_code = await forward_rest(call, match, self.upstreams)
 
+    async def _answer_locally(self, path: str, exchange: _Exchange) -> None:
+        """/healthz and /openapi.json: answered by the edge itself, with no token."""
+        if path == HEALTH_PATH:
+            exchange.route = "healthz"
+            await self._health(exchange)
+        else:
+            exchange.route = "openapi"
+            await self._openapi(exchange)
+
     async def _health(self, exchange: _Exchange) -> None:
         state = "SERVING" if self.serving else "NOT_SERVING"
         body = f'{{"status":"{state}"}}'.encode()
         await send_response(exchange.send, 200 if self.serving else 503, [JSON], body)
+
+    async def _openapi(self, exchange: _Exchange) -> None:
+        if self.openapi is None:
+            missing = status_of(grpc.StatusCode.NOT_FOUND, "no OpenAPI document in this build")
+            await send_response(exchange.send, 404, [JSON], error_body(missing))
+            return
+        await send_response(exchange.send, 200, [JSON], self.openapi)
 
     async def _authorize(
         self, request: Request, request_id: str, grpc_web: bool, exchange: _Exchange
@@ -270,6 +292,13 @@ class EdgeApp:
             grpc_code=exchange.grpc_code,
             duration_ms=round(seconds * 1000, 2),
         )
+
+
+def _read_openapi(path: Path | None) -> bytes | None:
+    """The OpenAPI document's bytes, or None (answered 404) when this build has none."""
+    if path is None or not path.is_file():
+        return None
+    return path.read_bytes()
 
 
 def _status_body(code: int, message: str) -> bytes:

@@ -30,9 +30,9 @@ from envoy_data_plane.envoy.service.auth.v3 import (
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
 
 # Requests Envoy does not send to ext_authz (per-route `ext_authz: {disabled: true}` in
-# envoy/envoy.yaml): probes and the public signing keys. One table; the edge takes it as a
-# constructor argument so a deployment can change it.
-UNCHECKED_PATHS: frozenset[str] = frozenset({"/healthz", "/.well-known/jwks.json"})
+# envoy/envoy.yaml): probes, the public signing keys and the OpenAPI document. One table; the
+# edge takes it as a constructor argument so a deployment can change it.
+UNCHECKED_PATHS: frozenset[str] = frozenset({"/healthz", "/.well-known/jwks.json", "/openapi.json"})
 
 # What a gateway forwards as caller identity; never trusted from the client (see `Decision`).
 IDENTITY_HEADERS: tuple[str, ...] = ("x-medmesh-user", "x-medmesh-clinic", "x-medmesh-roles")

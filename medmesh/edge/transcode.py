@@ -216,11 +216,16 @@ def build_request(match: RestMatch, query: Sequence[tuple[str, str]], body: byte
     """The typed betterproto2 request an HTTP request maps to; InvalidArgument when it can't."""
     data = request_json(match, query, body)
     try:
-        return match.route.rpc.method.request_type.from_dict(data)
-    except (KeyError, ValueError, TypeError) as exc:
+        message = match.route.rpc.method.request_type.from_dict(data)
+        # from_dict takes a value of the wrong JSON shape (an object for a string, a list for
+        # a message) as is; only serializing finds it, and grpcio would then log the error and
+        # send no request at all. So the edge serializes once here and answers 400.
+        bytes(message)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise InvalidArgument(
             f"the request does not fit {match.route.rpc.input.name}: {exc}"
         ) from None
+    return message
 
 
 def response_json(message: Any, response_body: str = "") -> bytes:

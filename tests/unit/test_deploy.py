@@ -233,4 +233,15 @@ def test_envoy_gets_its_config_and_descriptor_where_envoy_yaml_expects_them() ->
     assert gateway["ports"][0]["containerPort"] == listener["port_value"]
     kustomization = load(K8S / "kustomization.yaml")
     generated = next(g for g in kustomization["configMapGenerator"] if g["name"] == "medmesh-envoy")
-    assert {f.split("=")[0] for f in generated["files"]} == {"envoy.yaml", "medmesh.binpb"}
+    assert {f.split("=")[0] for f in generated["files"]} == {
+        "envoy.yaml",
+        "medmesh.binpb",
+        "openapi.json",
+    }
+    # The OpenAPI document Envoy serves at /openapi.json, from the same mounts.
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    openapi = next(r for r in routes if r["match"].get("path") == "/openapi.json")
+    served = openapi["direct_response"]["body"]["filename"]
+    assert f"./gen/openapi/medmesh.swagger.json:{served}:ro" in service["volumes"]
+    assert Path(mount["mountPath"], "openapi.json") == Path(served)
+    assert "openapi.json=../../gen/openapi/medmesh.swagger.json" in generated["files"]

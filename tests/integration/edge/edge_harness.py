@@ -109,7 +109,11 @@ class ScriptedServicer:
         if method.server_streaming:
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async for item in record(request, context)(request):
+                answer = record(request, context)(request)
+                if not hasattr(answer, "__aiter__"):
+                    yield answer  # the default: one empty message, then the end of the stream
+                    return
+                async for item in answer:
                     yield item
 
             return stream
