@@ -8,6 +8,18 @@
 #   python -m medmesh.healthcheck 127.0.0.1:50051              (container healthcheck)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# --- web: the clinicians' browser app, built by Vite into /web/dist ------------------------
+# Its TypeScript client is generated and committed under gen/ts, so this stage needs only the
+# npm registry: npm ci from the lock file, then the type check and the build.
+FROM ${NODE_IMAGE} AS web
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY gen/ts /src/gen/ts
+COPY web ./
+RUN npm run build
 
 # --- build: resolve and install every dependency into a self-contained virtualenv ---------
 FROM ${PYTHON_IMAGE} AS build
@@ -55,6 +67,9 @@ RUN groupadd --system --gid 10001 medmesh \
  && mkdir -p /models \
  && chown medmesh:medmesh /models
 COPY --from=build /opt/medmesh /opt/medmesh
+# The built web app, served by `python -m medmesh.edge` with its Content-Security-Policy.
+COPY --from=web /src/web/dist /opt/medmesh/web
+ENV MEDMESH_EDGE_WEB_DIR=/opt/medmesh/web
 USER 10001:10001
 WORKDIR /home/medmesh
 EXPOSE 50051 9100
