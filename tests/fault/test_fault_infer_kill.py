@@ -2,7 +2,7 @@
 job ends with exactly one result (none lost, none duplicated, no dead letter), and each
 result is announced once.
 
-CI runs 60 jobs with 3 kills; MEDMESH_FAULT_FULL=1 runs the issue's 200 jobs with 3 kills.
+200 jobs with 3 kills (MEDMESH_FAULT_SMALL=1: 60 jobs).
 The ack wait is shortened (MEDMESH_JOB_ACK_WAIT_S=2) so a killed batch comes back quickly;
 attempts stay at the default 4, so a job caught in all three killed batches still gets a
 fourth attempt."""

@@ -2,7 +2,7 @@
 every upload is accepted during the outage (the transactional outbox holds the jobs), and
 once NATS is back every file gets exactly one result; the worker reconnects by itself.
 
-CI stops NATS for 10 s; MEDMESH_FAULT_FULL=1 for the issue's 30 s."""
+NATS is stopped for the issue's 30 s (MEDMESH_FAULT_SMALL=1: 10 s)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ killing one replica of each (kill -9, mid-run) loses nothing.
 
 The flow is the product's: note jobs → results (svc_infer) → StudyResultsReady (outbox) →
 one PENDING report + ReportJob (svc_report's results-ready consumer) → the READY report.
-CI runs 30 studies; MEDMESH_FAULT_FULL=1 runs 100."""
+100 studies (MEDMESH_FAULT_SMALL=1: 30)."""
 
 from __future__ import annotations
 
