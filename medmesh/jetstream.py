@@ -69,6 +69,21 @@ class ProtoMessage(Protocol):
 M = TypeVar("M", bound=ProtoMessage)
 
 
+@dataclass(frozen=True)
+class RawPayload:
+    """Already-serialised message bytes, shaped like a generated message for publish_message
+    (the outbox relay's rows, a replayed dead letter's payload)."""
+
+    data: bytes
+
+    def __bytes__(self) -> bytes:
+        return self.data
+
+    @classmethod
+    def FromString(cls, data: bytes) -> Self:  # noqa: N802 - betterproto2's name
+        return cls(data)
+
+
 DEFAULT_MAX_ATTEMPTS = 4
 """How many times a failing job is tried before it is dead-lettered: once, then retried three
 times (the seed's "max retries = 3"). MEDMESH_JOB_MAX_ATTEMPTS sets it for every consumer."""
@@ -418,46 +433,4 @@ async def publish_dead_letter(
         envelope,
         msg_id=dedup_id,
         headers={CLINIC_ID_HEADER: clinic_id} if clinic_id else None,
-    )
-
-
-REPLAY_HEADER = "Medmesh-Replay-Of"
-"""Set on a replayed job (the dead letter's id): its consumer may reopen what the failure
-closed (a FAILED report or delivery) before handling it again."""
-
-
-class RawPayload:
-    """Payload bytes that are already encoded, shaped like a generated message."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __bytes__(self) -> bytes:
-        return self.data
-
-    @classmethod
-    def FromString(cls, data: bytes) -> Self:  # noqa: N802 - betterproto2's name
-        return cls(data)
-
-
-async def republish_dead_letter(
-    js: JetStreamContext,
-    letter_id: str,
-    subject: str,
-    payload: bytes,
-    headers: dict[str, str],
-) -> PubAck:
-    """Publish a dead letter's original payload on its original subject, as a new message
-    (its consumer counts attempts from one again) marked with REPLAY_HEADER. The Msg-Id is
-    derived from the letter, so replaying the same letter twice within the duplicate window
-    publishes once. The original trace context and Msg-Id are not carried over.
-    """
-    kept = {
-        k: v
-        for k, v in headers.items()
-        if k not in {MSG_ID_HEADER, REPLAY_HEADER, "traceparent", "tracestate"}
-    }
-    kept[REPLAY_HEADER] = letter_id
-    return await publish_message(
-        js, subject, RawPayload(payload), msg_id=f"replay-{letter_id}", headers=kept
     )

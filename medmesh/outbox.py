@@ -48,7 +48,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Self
 
 import psycopg
 import structlog
@@ -59,7 +58,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from medmesh.db import Connection, Database
-from medmesh.jetstream import ProtoMessage, publish_message
+from medmesh.jetstream import ProtoMessage, RawPayload, publish_message
 
 log = structlog.get_logger(__name__)
 
@@ -95,20 +94,6 @@ PublishedHook = Callable[[Connection, Sequence[OutboxMessage]], Awaitable[None]]
 """Called by the relay inside its transaction with the rows it just published, before they
 are marked published: a service can record "this job is on the queue now" atomically with it.
 An exception rolls the transaction back; the rows are sent again (and de-duplicated)."""
-
-
-@dataclass(frozen=True)
-class _RawPayload:
-    """Already-serialised message bytes, shaped like a generated message for publish_message."""
-
-    data: bytes
-
-    def __bytes__(self) -> bytes:
-        return self.data
-
-    @classmethod
-    def FromString(cls, data: bytes) -> Self:  # noqa: N802 - betterproto2's name
-        return cls(data)
 
 
 @dataclass(frozen=True)
@@ -348,7 +333,7 @@ class OutboxRelay:
             await publish_message(
                 self.js,
                 message.subject,
-                _RawPayload(message.payload),
+                RawPayload(message.payload),
                 msg_id=message.id,
                 headers=headers,
             )

@@ -25,7 +25,9 @@ Every job ends either done (acked) or in the dead-letter stream; none is dropped
   dead or stalled worker lets a job time out.
 
 svc_infer's workers (batches) and svc_report's consumers (one message at a time) both settle
-through `Settler`; neither has its own copy of these rules.
+through `Settler`; neither has its own copy of these rules. A dead letter is replayed with
+`republish_dead_letter` (ReplayDeadLetter): the original payload on the original subject,
+marked with REPLAY_HEADER.
 """
 
 from __future__ import annotations
@@ -37,9 +39,17 @@ from datetime import datetime
 import nats.errors
 import structlog
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from medmesh.errors import DomainError
-from medmesh.jetstream import REPLAY_HEADER, ConsumerSpec, publish_dead_letter
+from medmesh.jetstream import (
+    MSG_ID_HEADER,
+    ConsumerSpec,
+    RawPayload,
+    publish_dead_letter,
+    publish_message,
+)
 from medmesh.resources import JetStream
 
 log = structlog.get_logger(__name__)
@@ -207,3 +217,31 @@ class Settler:
             "consumer.dead_lettered", consumer=self.spec.durable, subject=msg.subject, error=error
         )
         return True
+
+
+REPLAY_HEADER = "Medmesh-Replay-Of"
+"""Set on a replayed job (the dead letter's id): its consumer may reopen what the failure
+closed (a FAILED report or delivery) before handling it again."""
+
+
+async def republish_dead_letter(
+    js: JetStreamContext,
+    letter_id: str,
+    subject: str,
+    payload: bytes,
+    headers: dict[str, str],
+) -> PubAck:
+    """Publish a dead letter's original payload on its original subject, as a new message
+    (its consumer counts attempts from one again) marked with REPLAY_HEADER. The Msg-Id is
+    derived from the letter, so replaying the same letter twice within the duplicate window
+    publishes once. The original trace context and Msg-Id are not carried over.
+    """
+    kept = {
+        k: v
+        for k, v in headers.items()
+        if k not in {MSG_ID_HEADER, REPLAY_HEADER, "traceparent", "tracestate"}
+    }
+    kept[REPLAY_HEADER] = letter_id
+    return await publish_message(
+        js, subject, RawPayload(payload), msg_id=f"replay-{letter_id}", headers=kept
+    )

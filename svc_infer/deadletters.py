@@ -28,9 +28,9 @@ from gen.medmesh.events.v1 import DeadLetterEnvelope, InferenceJob
 from medmesh.consumers import PullConsumer
 from medmesh.db import Database
 from medmesh.errors import FailedPrecondition, InvalidArgument, NotFound
-from medmesh.jetstream import republish_dead_letter
 from medmesh.outbox import Outbox
 from medmesh.resources import JetStream
+from medmesh.settle import republish_dead_letter
 from svc_infer import dead_letter_store
 from svc_infer.pages import decode_token, encode_token, page_size
 from svc_infer.writer import announce_failure

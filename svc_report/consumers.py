@@ -10,7 +10,7 @@ configured delay; on the consumer's last attempt the message is dead-lettered in
 `GiveUp(error)` (dead-letter now: no retry can help). The rules, the attempt count and the
 dead-letter publish (with retries) are medmesh.settle's, shared with svc_infer; a job whose
 attempts ran out through ack timeouts is dead-lettered without calling the handler. A replayed
-job (medmesh.jetstream.REPLAY_HEADER) first goes through the loop's `on_replay`, which reopens
+job (medmesh.settle.REPLAY_HEADER) first goes through the loop's `on_replay`, which reopens
 what the failure closed.
 """
 

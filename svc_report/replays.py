@@ -1,7 +1,7 @@
 """Replayed dead letters of svc_report's jobs: reopen what the failure closed.
 
 A report job that failed its last attempt left its report FAILED, a delivery job its
-delivery FAILED; a replayed job (medmesh.jetstream.REPLAY_HEADER, published by
+delivery FAILED; a replayed job (medmesh.settle.REPLAY_HEADER, published by
 ReplayDeadLetter) would otherwise find nothing PENDING and be acked without any work. These
 hooks run before the job's handler (svc_report.consumers.ConsumerLoop `on_replay`); they are
 idempotent, so a redelivered replay changes nothing twice. A `StudyResultsReady` replay needs
@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 
 from gen.medmesh.events.v1 import DeliveryJob, ReportJob
 from medmesh.db import Database
-from medmesh.jetstream import REPLAY_HEADER
+from medmesh.settle import REPLAY_HEADER
 from svc_report import delivery_store, store
 
 log = structlog.get_logger(__name__)

@@ -23,7 +23,8 @@ from gen.medmesh.events.v1 import (
     StudyResultsReady,
 )
 from gen.medmesh.infer.v1 import ReplayDeadLetterRequest
-from medmesh.jetstream import CLINIC_ID_HEADER, REPLAY_HEADER, Topology, publish_message
+from medmesh.jetstream import CLINIC_ID_HEADER, Topology, publish_message
+from medmesh.settle import REPLAY_HEADER
 
 KINDS: list[tuple[str, Callable[[Topology], str], bytes]] = [
     (

@@ -1,7 +1,7 @@
 """Replaying svc_report's dead letters does the work again: a replayed report job rebuilds a
 FAILED report, a replayed delivery job re-sends a FAILED delivery (same idempotency key).
 The replay is published the way ReplayDeadLetter publishes it
-(medmesh.jetstream.republish_dead_letter); before the fix both were acked without any work."""
+(medmesh.settle.republish_dead_letter); before the fix both were acked without any work."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from test_report_delivery import ready_report, set_target
 from gen.medmesh.common.v1 import FileKind
 from gen.medmesh.events.v1 import DeadLetterEnvelope
 from gen.medmesh.report.v1 import DeliveryStatus, ReportStatus
-from medmesh.jetstream import republish_dead_letter
+from medmesh.settle import republish_dead_letter
 
 
 async def replay(reports: ReportHarness, subject: str) -> DeadLetterEnvelope:
