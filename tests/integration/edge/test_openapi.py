@@ -6,9 +6,7 @@ really routes; and a property-based run of schemathesis over it finds no 5xx at 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import httpx
 import pytest
 from edge_harness import AuthzPeer, Recorder
 from openapi_spec_validator.validation import OpenAPIV2SpecValidator
+from support import fuzz
 from support.tokens import TokenFactory
 
 from medmesh.contract import DescriptorImage
@@ -95,58 +94,19 @@ async def test_schemathesis_finds_no_server_error_at_the_edge(
     token = tokens.mint(user_id="u-1", clinic_id="clinic-a", roles=["admin"])
     report = tmp_path / "schemathesis.ndjson"
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "schemathesis.cli",
-        "run",
-        f"{edge}/openapi.json",
-        "--url",
-        edge,
-        "--header",
-        f"Authorization: Bearer {token}",
-        "--checks",
-        "not_a_server_error",
-        "--max-examples",
-        str(MAX_EXAMPLES),
-        "--seed",
-        "20261204",
-        "--generation-database",
-        "none",
-        "--workers",
-        "1",
-        "--no-color",
-        "--report",
-        "ndjson",
-        "--report-ndjson-path",
-        str(report),
+        *fuzz.command(edge, token, report, MAX_EXAMPLES),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=tmp_path,
     )
     output, _ = await asyncio.wait_for(process.communicate(), FUZZ_TIMEOUT_S)
-    text = output.decode(errors="replace")
-    assert process.returncode == 0, text[-6000:]
-    statuses = _statuses_by_operation(report)
+    assert process.returncode == 0, output.decode(errors="replace")[-6000:]
+    statuses = fuzz.statuses_by_operation(report)
     # Every REST route was exercised, and each answered 2xx at least once: the generated
     # requests were well-formed enough to reach the services, not only refused at the edge.
     assert len(statuses) == len(RouteTable(image).rest)
     assert [op for op, codes in statuses.items() if not any(200 <= c < 300 for c in codes)] == []
-    assert {op: c for op, codes in statuses.items() for c in codes if c >= 500} == {}
-
-
-def _statuses_by_operation(report: Path) -> dict[str, list[int]]:
-    """`GET /v1/studies` → the HTTP statuses of every request schemathesis sent to it."""
-    statuses: dict[str, list[int]] = {}
-    for line in report.read_text().splitlines():
-        finished = json.loads(line).get("ScenarioFinished")
-        if finished is None:
-            continue
-        recorder = finished["recorder"]
-        codes = statuses.setdefault(recorder["label"], [])
-        for interaction in recorder.get("interactions", {}).values():
-            if interaction.get("response"):
-                codes.append(interaction["response"]["status_code"])
-    return statuses
+    assert fuzz.FuzzRun(0, "", statuses).server_errors() == {}
 
 
 # Bodies the schemathesis runs found answered 500 (or 200 with no request sent): JSON of the
