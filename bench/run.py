@@ -163,9 +163,14 @@ def run_one(bench: Bench, quick: bool, timeout_s: float) -> dict[str, Any]:
             timeout=timeout_s,
             check=False,
         )
-        output, code = process.stdout + process.stderr, process.returncode
+        # stderr first: the figures a script prints (stdout) are what the tail should keep.
+        output, code = process.stderr + process.stdout, process.returncode
     except subprocess.TimeoutExpired as exc:
-        output = f"{exc.stdout or ''}{exc.stderr or ''}\n(timed out after {timeout_s:.0f} s)"
+        parts = [
+            part.decode(errors="replace") if isinstance(part, bytes) else part or ""
+            for part in (exc.stderr, exc.stdout)
+        ]
+        output = "".join(parts) + f"\n(timed out after {timeout_s:.0f} s)"
         code = -1
     seconds, load_after = time.monotonic() - started, load()
     rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
