@@ -122,6 +122,9 @@ def version_to_proto(version: ModelVersion) -> ModelVersionProto:
         input_spec=input_spec_to_proto(version.input_spec),
         preprocessing_version=version.preprocessing_version,
         create_time=version.create_time,
+        result_count=version.result_count,
+        stable_result_count=version.stable_result_count,
+        canary_result_count=version.canary_result_count,
     )
 
 

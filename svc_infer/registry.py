@@ -63,6 +63,10 @@ class ModelVersion:
     input_spec: InputSpec
     preprocessing_version: str
     create_time: datetime | None = None
+    # Results the version produced (every clinic), in all and per traffic arm.
+    result_count: int = 0
+    stable_result_count: int = 0
+    canary_result_count: int = 0
 
 
 @dataclass(frozen=True)

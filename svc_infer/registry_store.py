@@ -52,7 +52,7 @@ def _input_spec_json(spec: InputSpec) -> dict[str, Any]:
     }
 
 
-def _version(row: Mapping[str, Any]) -> ModelVersion:
+def _version(row: Mapping[str, Any], counts: Mapping[TrafficArm, int]) -> ModelVersion:
     return ModelVersion(
         model=row["model"],
         version=int(row["version"]),
@@ -62,10 +62,34 @@ def _version(row: Mapping[str, Any]) -> ModelVersion:
         input_spec=_input_spec(row["input_spec"]),
         preprocessing_version=row["preprocessing_version"],
         create_time=row["create_time"],
+        result_count=sum(counts.values()),
+        stable_result_count=counts.get(TrafficArm.STABLE, 0),
+        canary_result_count=counts.get(TrafficArm.CANARY, 0),
     )
 
 
-async def _models(conn: Connection, where: str, params: Sequence[Any]) -> list[Model]:
+async def _result_counts(
+    conn: Connection, models: Sequence[str]
+) -> dict[tuple[str, int], dict[TrafficArm, int]]:
+    """Results per (model, version) and arm, for all these models in one grouped SELECT."""
+    cur = await conn.execute(
+        """
+        SELECT model_name, model_version, arm, count(*) AS results
+        FROM infer.results WHERE model_name = ANY(%s)
+        GROUP BY model_name, model_version, arm
+        """,
+        (list(models),),
+    )
+    counts: dict[tuple[str, int], dict[TrafficArm, int]] = {}
+    for row in await cur.fetchall():
+        key = (row["model_name"], int(row["model_version"]))
+        counts.setdefault(key, {})[TrafficArm(row["arm"])] = int(row["results"])
+    return counts
+
+
+async def _models(
+    conn: Connection, where: str, params: Sequence[Any], *, counts: bool
+) -> list[Model]:
     cur = await conn.execute(
         f"SELECT * FROM infer.models {where}",  # noqa: S608 - `where` is a constant of ours
         params,
@@ -77,9 +101,13 @@ async def _models(conn: Connection, where: str, params: Sequence[Any]) -> list[M
         "SELECT * FROM infer.model_versions WHERE model = ANY(%s) ORDER BY model, version",
         ([r["name"] for r in rows],),
     )
+    version_rows = await cur.fetchall()
+    results = await _result_counts(conn, [r["name"] for r in rows]) if counts else {}
     versions: dict[str, list[ModelVersion]] = {}
-    for row in await cur.fetchall():
-        versions.setdefault(row["model"], []).append(_version(row))
+    for row in version_rows:
+        versions.setdefault(row["model"], []).append(
+            _version(row, results.get((row["model"], int(row["version"])), {}))
+        )
     return [
         Model(
             name=r["name"],
@@ -97,16 +125,23 @@ async def _models(conn: Connection, where: str, params: Sequence[Any]) -> list[M
     ]
 
 
-async def load_model(conn: Connection, name: str, *, for_update: bool = False) -> Model | None:
-    """One model with its versions; `for_update` serialises registry changes to it."""
+async def load_model(
+    conn: Connection, name: str, *, for_update: bool = False, counts: bool = False
+) -> Model | None:
+    """One model with its versions; `for_update` serialises registry changes to it; `counts`
+    adds each version's result counts (one grouped SELECT over infer.results: the API's
+    answers, not job routing)."""
     lock = " FOR UPDATE" if for_update else ""
-    models = await _models(conn, "WHERE name = %s" + lock, (name,))
+    models = await _models(conn, "WHERE name = %s" + lock, (name,), counts=counts)
     return models[0] if models else None
 
 
 async def list_models(conn: Connection, after: str | None, limit: int) -> list[Model]:
-    """Models by name after `after`, at most `limit`."""
-    return await _models(conn, "WHERE name > %s ORDER BY name LIMIT %s", (after or "", limit))
+    """Models by name after `after`, at most `limit`, with their versions' result counts
+    (one grouped SELECT for the whole page)."""
+    return await _models(
+        conn, "WHERE name > %s ORDER BY name LIMIT %s", (after or "", limit), counts=True
+    )
 
 
 async def insert_version(conn: Connection, version: ModelVersion, kind: AnalysisKind) -> None:

@@ -65,7 +65,7 @@ class Registry:
     async def get_model(self, name: str) -> Model:
         """One model; NotFound when it is not registered."""
         async with self._database.read_connection() as conn:
-            model = await store.load_model(conn, name)
+            model = await store.load_model(conn, name, counts=True)
         if model is None:
             raise NotFound(f"models/{name} does not exist")
         return model
@@ -136,7 +136,7 @@ class Registry:
             change = decide(model)
             await store.apply_routing(conn, name, change)
             await _audit(conn, actor, clinic_id, action, name, detail)
-            updated = await store.load_model(conn, name)
+            updated = await store.load_model(conn, name, counts=True)
         assert updated is not None  # locked above
         log.info("registry.change", model=name, action=action, **detail)
         return updated

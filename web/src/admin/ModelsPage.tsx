@@ -115,6 +115,8 @@ function ModelCard({ listed }: { listed: Model }) {
               <th>{t("models.version")}</th>
               <th>{t("models.state")}</th>
               <th className="num">{t("models.weight")}</th>
+              <th className="num">{t("models.results")}</th>
+              <th className="num">{t("models.byArm")}</th>
               <th>{t("models.preprocessing")}</th>
               <th className="num">{t("models.labels")}</th>
               <th>{t("models.created")}</th>
@@ -131,6 +133,10 @@ function ModelCard({ listed }: { listed: Model }) {
                   </span>
                 </td>
                 <td className="num">{fmt.percent(weightOf(v.version) / 100)}</td>
+                <td className="num" data-testid="result-count">{fmt.number(Number(v.resultCount))}</td>
+                <td className="num nowrap" data-testid="arm-counts">
+                  {`${fmt.number(Number(v.stableResultCount))} / ${fmt.number(Number(v.canaryResultCount))}`}
+                </td>
                 <td className="mono">{v.preprocessingVersion || "—"}</td>
                 <td className="num">{fmt.number(v.labels.length)}</td>
                 <td className="nowrap">{fmt.dateTime(v.createTime)}</td>

@@ -179,6 +179,28 @@ describe("models", () => {
     expect(within(card).queryByTestId("split-form")).toBeNull();
   });
 
+  it.each([
+    ["en", "12,345", "12,000 / 345"],
+    ["ru", "12\u00a0345", "12\u00a0000 / 345"],
+  ] as const)("shows each version's results in all and per arm (%s)", async (locale, total, byArm) => {
+    const counted = create(ModelSchema, {
+      ...model,
+      versions: [
+        { ...model.versions[0], resultCount: 12345n, stableResultCount: 12000n, canaryResultCount: 345n },
+        model.versions[1],
+      ],
+    });
+    const models = {
+      listModels: vi.fn(async () => ({ models: [counted], nextPageToken: "" })),
+      getModel: vi.fn(async () => ({ model: counted })),
+    };
+    await renderAsAdmin(<ModelsPage />, { models } as unknown as Partial<Api>, locale);
+    const card = await screen.findByTestId("model");
+    expect(within(card).getAllByTestId("result-count").map((c) => c.textContent)).toEqual([total, "0"]);
+    expect(within(card).getAllByTestId("arm-counts").map((c) => c.textContent)).toEqual([byArm, "0 / 0"]);
+    expect(card.textContent).not.toContain("not reported");
+  });
+
   it("saves a canary split only when the weights add up to 100", async () => {
     const split = create(ModelSchema, { ...model, trafficSplit: [create(TrafficWeightSchema, { version: 1n, weight: 90 }), create(TrafficWeightSchema, { version: 2n, weight: 10 })] });
     const models = {

@@ -684,6 +684,21 @@ class ModelVersion(betterproto2.Message):
     create_time is when the version was registered.
     """
 
+    result_count: "int" = betterproto2.field(9, betterproto2.TYPE_INT64)
+    """
+    result_count is how many results this version has produced, in every clinic.
+    """
+
+    stable_result_count: "int" = betterproto2.field(10, betterproto2.TYPE_INT64)
+    """
+    stable_result_count is how many of those results it produced on the stable arm.
+    """
+
+    canary_result_count: "int" = betterproto2.field(11, betterproto2.TYPE_INT64)
+    """
+    canary_result_count is how many of those results it produced on the canary arm.
+    """
+
 
 default_message_pool.register_message("medmesh.infer.v1", "ModelVersion", ModelVersion)
 
