@@ -69,16 +69,17 @@ def _version(row: Mapping[str, Any], counts: Mapping[TrafficArm, int]) -> ModelV
 
 
 async def _result_counts(
-    conn: Connection, models: Sequence[str]
+    conn: Connection, models: Sequence[str], clinic_id: str
 ) -> dict[tuple[str, int], dict[TrafficArm, int]]:
-    """Results per (model, version) and arm, for all these models in one grouped SELECT."""
+    """One clinic's results per (model, version) and arm, for all these models in one grouped
+    SELECT. The registry is shared, but how much each clinic analyses is its own business."""
     cur = await conn.execute(
         """
         SELECT model_name, model_version, arm, count(*) AS results
-        FROM infer.results WHERE model_name = ANY(%s)
+        FROM infer.results WHERE clinic_id = %s AND model_name = ANY(%s)
         GROUP BY model_name, model_version, arm
         """,
-        (list(models),),
+        (clinic_id, list(models)),
     )
     counts: dict[tuple[str, int], dict[TrafficArm, int]] = {}
     for row in await cur.fetchall():
@@ -88,7 +89,7 @@ async def _result_counts(
 
 
 async def _models(
-    conn: Connection, where: str, params: Sequence[Any], *, counts: bool
+    conn: Connection, where: str, params: Sequence[Any], *, counts_for: str | None
 ) -> list[Model]:
     cur = await conn.execute(
         f"SELECT * FROM infer.models {where}",  # noqa: S608 - `where` is a constant of ours
@@ -102,7 +103,8 @@ async def _models(
         ([r["name"] for r in rows],),
     )
     version_rows = await cur.fetchall()
-    results = await _result_counts(conn, [r["name"] for r in rows]) if counts else {}
+    names = [r["name"] for r in rows]
+    results = await _result_counts(conn, names, counts_for) if counts_for is not None else {}
     versions: dict[str, list[ModelVersion]] = {}
     for row in version_rows:
         versions.setdefault(row["model"], []).append(
@@ -126,21 +128,24 @@ async def _models(
 
 
 async def load_model(
-    conn: Connection, name: str, *, for_update: bool = False, counts: bool = False
+    conn: Connection, name: str, *, for_update: bool = False, counts_for: str | None = None
 ) -> Model | None:
-    """One model with its versions; `for_update` serialises registry changes to it; `counts`
-    adds each version's result counts (one grouped SELECT over infer.results: the API's
-    answers, not job routing)."""
+    """One model with its versions; `for_update` serialises registry changes to it;
+    `counts_for` (a clinic id) adds each version's result counts in that clinic (one grouped
+    SELECT over infer.results: the API's answers, not job routing)."""
     lock = " FOR UPDATE" if for_update else ""
-    models = await _models(conn, "WHERE name = %s" + lock, (name,), counts=counts)
+    models = await _models(conn, "WHERE name = %s" + lock, (name,), counts_for=counts_for)
     return models[0] if models else None
 
 
-async def list_models(conn: Connection, after: str | None, limit: int) -> list[Model]:
-    """Models by name after `after`, at most `limit`, with their versions' result counts
-    (one grouped SELECT for the whole page)."""
+async def list_models(
+    conn: Connection, after: str | None, limit: int, counts_for: str
+) -> list[Model]:
+    """Models by name after `after`, at most `limit`, with their versions' result counts in
+    clinic `counts_for` (one grouped SELECT for the whole page)."""
+    page = (after or "", limit)
     return await _models(
-        conn, "WHERE name > %s ORDER BY name LIMIT %s", (after or "", limit), counts=True
+        conn, "WHERE name > %s ORDER BY name LIMIT %s", page, counts_for=counts_for
     )
 
 

@@ -52,20 +52,23 @@ class Registry:
         self._client = client
         self._catalog = catalog
 
-    async def list_models(self, size: int, token: str) -> tuple[list[Model], str]:
-        """One page of models by name."""
+    async def list_models(self, size: int, token: str, clinic_id: str) -> tuple[list[Model], str]:
+        """One page of models by name, with result counts in `clinic_id`."""
         limit = page_size(size)
         after = decode_token("models", token, 1)
         async with self._database.read_connection() as conn:
-            models = await store.list_models(conn, after[0] if after else None, limit + 1)
+            models = await store.list_models(
+                conn, after[0] if after else None, limit + 1, clinic_id
+            )
         more = len(models) > limit
         models = models[:limit]
         return models, encode_token("models", [models[-1].name]) if more else ""
 
-    async def get_model(self, name: str) -> Model:
-        """One model; NotFound when it is not registered."""
+    async def get_model(self, name: str, clinic_id: str | None = None) -> Model:
+        """One model, with its result counts in `clinic_id` when given; NotFound when it is not
+        registered."""
         async with self._database.read_connection() as conn:
-            model = await store.load_model(conn, name, counts=True)
+            model = await store.load_model(conn, name, counts_for=clinic_id)
         if model is None:
             raise NotFound(f"models/{name} does not exist")
         return model
@@ -136,7 +139,7 @@ class Registry:
             change = decide(model)
             await store.apply_routing(conn, name, change)
             await _audit(conn, actor, clinic_id, action, name, detail)
-            updated = await store.load_model(conn, name, counts=True)
+            updated = await store.load_model(conn, name, counts_for=clinic_id)
         assert updated is not None  # locked above
         log.info("registry.change", model=name, action=action, **detail)
         return updated

@@ -162,12 +162,16 @@ class ModelRegistryServicer:
 
     async def list_models(self, request: ListModelsRequest, _context: Any) -> ListModelsResponse:
         """Models by name."""
-        models, token = await self._registry.list_models(request.page_size, request.page_token)
+        _, clinic_id = _actor()
+        models, token = await self._registry.list_models(
+            request.page_size, request.page_token, clinic_id
+        )
         return ListModelsResponse(models=[model_to_proto(m) for m in models], next_page_token=token)
 
     async def get_model(self, request: GetModelRequest, _context: Any) -> GetModelResponse:
         """One model."""
-        model = await self._registry.get_model(model_id(request.name))
+        _, clinic_id = _actor()
+        model = await self._registry.get_model(model_id(request.name), clinic_id)
         return GetModelResponse(model=model_to_proto(model))
 
     async def register_model_version(

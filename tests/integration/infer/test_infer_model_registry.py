@@ -151,13 +151,13 @@ async def test_rollback_restores_the_previous_version_for_new_jobs(infer: InferH
     assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_get_and_list_models_report_each_versions_results_in_all_and_per_arm(
+async def test_get_and_list_models_count_each_versions_results_per_arm_in_the_callers_clinic_only(
     infer: InferHarness,
 ) -> None:
     await bootstrapped(infer)  # v2, the stable arm
     await result_of_new_study(infer)  # v2 again
     other = await infer.publish_job(png_bytes(1), FileKind.IMAGE_PNG, clinic_id=OTHER_CLINIC)
-    await infer.wait_for_result(other.file_id)  # v2, another clinic: counted too
+    await infer.wait_for_result(other.file_id)  # v2, another clinic: not ours to count
     await infer.registry.set_traffic_split(
         SetTrafficSplitRequest(
             name=RESNET,
@@ -171,15 +171,18 @@ async def test_get_and_list_models_report_each_versions_results_in_all_and_per_a
     canary = await result_of_new_study(infer)
     assert (canary["model_version"], canary["arm"]) == (1, TrafficArm.CANARY)
 
-    expected = {1: (1, 0, 1), 2: (3, 3, 0)}  # version: (all, stable arm, canary arm)
-    got = await infer.registry.get_model(GetModelRequest(name=RESNET), metadata=infer.metadata())
-    listed = await infer.registry.list_models(ListModelsRequest(), metadata=infer.metadata())
-    for model in (got.model, listed.models[0]):
-        counts = {
-            v.version: (v.result_count, v.stable_result_count, v.canary_result_count)
-            for v in model.versions
-        }
-        assert counts == expected
+    # version: (all, stable arm, canary arm), as each clinic sees it
+    expected = {CLINIC: {1: (1, 0, 1), 2: (2, 2, 0)}, OTHER_CLINIC: {1: (0, 0, 0), 2: (1, 1, 0)}}
+    for clinic, clinic_counts in expected.items():
+        metadata = infer.metadata(clinic_id=clinic)
+        got = await infer.registry.get_model(GetModelRequest(name=RESNET), metadata=metadata)
+        listed = await infer.registry.list_models(ListModelsRequest(), metadata=metadata)
+        for model in (got.model, listed.models[0]):
+            counts = {
+                v.version: (v.result_count, v.stable_result_count, v.canary_result_count)
+                for v in model.versions
+            }
+            assert counts == clinic_counts, clinic
 
 
 async def test_registering_a_version_needs_its_saved_model_in_the_bucket(

@@ -118,7 +118,7 @@ export const adminEn = {
   "models.rolledBack": "Rolled back to version {version}.",
   "models.splitSaved": "The traffic split is saved.",
   "models.readOnly": "Models are shared by every clinic and only the operator clinic's admins change them; you can view them here.",
-  "models.armCounts": "Results: the analyses each version produced, in every clinic; split by the arm they were routed on (stable / canary).",
+  "models.armCounts": "Results: the analyses each version produced for your clinic; split by the arm they were routed on (stable / canary).",
   "models.stableOnly": "no split set: the stable version serves every new study",
 
   "dead.title": "Dead letters",
@@ -265,7 +265,7 @@ export const adminRu: Record<AdminMessageKey, string> = {
   "models.rolledBack": "Выполнен откат к версии {version}.",
   "models.splitSaved": "Распределение трафика сохранено.",
   "models.readOnly": "Модели общие для всех клиник, и менять их могут только администраторы клиники-оператора; здесь их можно просматривать.",
-  "models.armCounts": "Результаты: анализы, выполненные каждой версией во всех клиниках; по ветви, в которую они были направлены (стабильная / канареечная).",
+  "models.armCounts": "Результаты: анализы, выполненные каждой версией для вашей клиники; по ветви, в которую они были направлены (стабильная / канареечная).",
   "models.stableOnly": "распределение не задано: все новые исследования получает стабильная версия",
 
   "dead.title": "Необработанные задания",
