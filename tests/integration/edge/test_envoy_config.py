@@ -108,12 +108,15 @@ def test_ext_authz_asks_svc_auth_and_fails_closed(
 
 def test_the_unchecked_paths_are_the_edges_table(manager: Any, filters: dict[str, Any]) -> None:
     routes = manager.route_config.virtual_hosts[0].routes
-    disabled = {
-        r.match.path
+    unchecked = [
+        r
         for r in routes
         if "envoy.filters.http.ext_authz" in r.typed_per_filter_config
         and r.typed_per_filter_config["envoy.filters.http.ext_authz"].unpack().disabled
-    }
+    ]
+    disabled = {r.match.path for r in unchecked if r.match.path}
+    # Besides those paths only the web app's files (GET/HEAD; tests/unit/test_deploy_web.py).
+    assert [r.name for r in unchecked if not r.match.path] == ["web-app"]
     health = filters["envoy.filters.http.health_check"]
     answered_by_envoy = {h.string_match.exact for h in health.headers if h.name == ":path"}
     assert answered_by_envoy == {HEALTH_PATH}
@@ -143,6 +146,10 @@ def test_every_cluster_speaks_http2_with_grpc_health_checks_and_outlier_detectio
 ) -> None:
     key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     for cluster in bootstrap.static_resources.clusters:
+        if cluster.name == "web":  # the web app's files over HTTP/1.1, checked below
+            [check] = cluster.health_checks
+            assert check.http_health_check.path == HEALTH_PATH
+            continue
         options = cluster.typed_extension_protocol_options[key].unpack()
         assert options.explicit_http_config.http2_protocol_options is not None, cluster.name
         [check] = cluster.health_checks
