@@ -55,12 +55,36 @@ class FailedPrecondition(DomainError):
     """The system is not in a state where the request can run (e.g. study already deleted)."""
 
 
-class ResourceExhausted(DomainError):
-    """A rate limit or quota was hit; `retry_after_s` says when to try again."""
+@dataclass(frozen=True)
+class QuotaViolation:
+    """One exceeded quota (google.rpc.QuotaFailure.Violation): `subject` names what is
+    limited (`clinics/clinic-a/pendingUploads`), `description` the limit and the usage."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    subject: str
+    description: str
+
+
+class ResourceExhausted(DomainError):
+    """A rate limit or quota was hit; `retry_after_s` says when to try again, `violations`
+    which quotas (sent as a google.rpc.QuotaFailure detail)."""
+
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: float | None = None,
+        violations: list[QuotaViolation] | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.violations: list[QuotaViolation] = list(violations or [])
+
+    @classmethod
+    def for_quota(cls, subject: str, description: str) -> ResourceExhausted:
+        """One-quota shortcut: `ResourceExhausted.for_quota("studies/x/files", "at most 100")`."""
+        return cls(
+            f"quota exceeded: {subject}: {description}",
+            violations=[QuotaViolation(subject, description)],
+        )
 
 
 class DataLoss(DomainError):

@@ -69,6 +69,16 @@ def status_for(error: errors.DomainError) -> status_pb2.Status:
             ]
         )
         status.details.append(_pack(bad_request))
+    if isinstance(error, errors.ResourceExhausted) and error.violations:
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=v.subject, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        status.details.append(_pack(quota))
     if isinstance(error, errors.ResourceExhausted) and error.retry_after_s is not None:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromNanoseconds(int(error.retry_after_s * 1e9))
