@@ -3,10 +3,10 @@
 // payload decoded where it is a known medmesh.events.v1 message) and replayable.
 import { Fragment, useMemo, useState, type FormEvent } from "react";
 import type { DeadLetter } from "@gen/medmesh/infer/v1/result_pb";
-import { useAction, useQuery } from "../api/hooks";
+import { useAction, usePagedList } from "../api/hooks";
 import { useApi } from "../app/services";
 import { ErrorNotice } from "../components/ErrorNotice";
-import { Loading, Page } from "../components/misc";
+import { Loading, MoreButton, Page } from "../components/misc";
 import { useI18n } from "../i18n";
 import { AdminTabs, Done, type Notice } from "./common";
 import { decodePayload } from "./payload";
@@ -117,26 +117,18 @@ export function DeadLettersPage() {
   const api = useApi();
   const [draft, setDraft] = useState("");
   const [subject, setSubject] = useState("");
-  const [pages, setPages] = useState<string[]>([""]);
-  const query = useQuery(
-    async (signal) => {
-      const letters: DeadLetter[] = [];
-      let next = "";
-      for (const pageToken of pages) {
-        const response = await api.infer.listDeadLetters({ pageSize: 50, pageToken, subject }, { signal });
-        letters.push(...response.deadLetters);
-        next = response.nextPageToken;
-      }
-      return { letters, next };
+  const query = usePagedList<DeadLetter>(
+    async (pageToken, signal) => {
+      const response = await api.infer.listDeadLetters({ pageSize: 50, pageToken, subject }, { signal });
+      return { items: response.deadLetters, next: response.nextPageToken };
     },
-    [api, subject, pages],
+    [api, subject],
   );
   const apply = (event: FormEvent) => {
     event.preventDefault();
-    setPages([""]);
     setSubject(draft.trim());
   };
-  const letters = query.data?.letters ?? [];
+  const letters = query.items;
   return (
     <Page title={t("dead.title")}>
       <AdminTabs />
@@ -175,13 +167,7 @@ export function DeadLettersPage() {
           </table>
         </div>
       ) : null}
-      {query.data?.next ? (
-        <p>
-          <button type="button" className="button" onClick={() => setPages((p) => [...p, query.data!.next])}>
-            {t("admin.more")}
-          </button>
-        </p>
-      ) : null}
+      <MoreButton list={query} label={t("admin.more")} />
     </Page>
   );
 }

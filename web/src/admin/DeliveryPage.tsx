@@ -5,12 +5,12 @@ import { useEffect, useState, type FormEvent } from "react";
 import { ConnectError } from "@connectrpc/connect";
 import { DeliveryStatus, ReportStatus, type DeliveryTarget, type Report } from "@gen/medmesh/report/v1/report_pb";
 import { Code, type DisplayError } from "../api/errors";
-import { useAction, useQuery } from "../api/hooks";
+import { useAction, usePagedList, useQuery } from "../api/hooks";
 import { Link } from "../app/router";
 import { useApi, useSession } from "../app/services";
 import { ErrorNotice } from "../components/ErrorNotice";
 import { TextAreaField, TextField } from "../components/Field";
-import { Loading, Page } from "../components/misc";
+import { Loading, MoreButton, Page } from "../components/misc";
 import { useI18n, type MessageKey } from "../i18n";
 import { AdminTabs, Done, type Notice } from "./common";
 
@@ -212,21 +212,14 @@ function ReportRow({ report: initial }: { report: Report }) {
 function Reports() {
   const { t } = useI18n();
   const api = useApi();
-  const [pages, setPages] = useState<string[]>([""]);
-  const query = useQuery(
-    async (signal) => {
-      const reports: Report[] = [];
-      let next = "";
-      for (const pageToken of pages) {
-        const response = await api.report.listReports({ pageSize: 25, pageToken }, { signal });
-        reports.push(...response.reports);
-        next = response.nextPageToken;
-      }
-      return { reports, next };
+  const query = usePagedList<Report>(
+    async (pageToken, signal) => {
+      const response = await api.report.listReports({ pageSize: 25, pageToken }, { signal });
+      return { items: response.reports, next: response.nextPageToken };
     },
-    [api, pages],
+    [api],
   );
-  const reports = query.data?.reports ?? [];
+  const reports = query.items;
   return (
     <>
       <h2>{t("delivery.reportsTitle")}</h2>
@@ -254,13 +247,7 @@ function Reports() {
           </table>
         </div>
       ) : null}
-      {query.data?.next ? (
-        <p>
-          <button type="button" className="button" onClick={() => setPages((p) => [...p, query.data!.next])}>
-            {t("admin.more")}
-          </button>
-        </p>
-      ) : null}
+      <MoreButton list={query} label={t("admin.more")} />
     </>
   );
 }

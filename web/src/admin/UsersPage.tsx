@@ -4,11 +4,11 @@ import { useState, type FormEvent } from "react";
 import { ApprovalState, type User } from "@gen/medmesh/auth/v1/user_pb";
 import { Role } from "@gen/medmesh/common/v1/common_pb";
 import { violationsOf } from "../api/errors";
-import { useAction, useQuery } from "../api/hooks";
+import { useAction, usePagedList } from "../api/hooks";
 import { useApi, useSession } from "../app/services";
 import { ErrorNotice } from "../components/ErrorNotice";
 import { TextField } from "../components/Field";
-import { Loading, Page } from "../components/misc";
+import { Loading, MoreButton, Page } from "../components/misc";
 import { useI18n } from "../i18n";
 import { AdminTabs, Done, type Notice, RoleBadges, RoleChecks } from "./common";
 
@@ -178,26 +178,19 @@ export function UsersPage() {
   const api = useApi();
   const { user: me } = useSession();
   const [approvalState, setApprovalState] = useState(ApprovalState.UNSPECIFIED);
-  const [pages, setPages] = useState<string[]>([""]);
   const [done, setDone] = useState<Notice | null>(null);
-  const query = useQuery(
-    async (signal) => {
-      const users: User[] = [];
-      let next = "";
-      for (const pageToken of pages) {
-        const response = await api.auth.listUsers({ pageSize: 100, pageToken, approvalState }, { signal });
-        users.push(...response.users);
-        next = response.nextPageToken;
-      }
-      return { users, next };
+  const query = usePagedList<User>(
+    async (pageToken, signal) => {
+      const response = await api.auth.listUsers({ pageSize: 100, pageToken, approvalState }, { signal });
+      return { items: response.users, next: response.nextPageToken };
     },
-    [api, approvalState, pages],
+    [api, approvalState],
   );
   const changed = (notice: Notice) => {
     setDone(notice);
     query.reload();
   };
-  const users = query.data?.users ?? [];
+  const users = query.items;
   return (
     <Page title={t("users.title")}>
       <AdminTabs />
@@ -211,7 +204,6 @@ export function UsersPage() {
                 value={approvalState}
                 data-testid="approval-filter"
                 onChange={(e) => {
-                  setPages([""]);
                   setApprovalState(Number(e.target.value) as ApprovalState);
                 }}
               >
@@ -247,13 +239,7 @@ export function UsersPage() {
               </table>
             </div>
           ) : null}
-          {query.data?.next ? (
-            <p>
-              <button type="button" className="button" onClick={() => setPages((p) => [...p, query.data!.next])}>
-                {t("admin.more")}
-              </button>
-            </p>
-          ) : null}
+          <MoreButton list={query} label={t("admin.more")} />
         </div>
         <InviteForm onInvited={changed} />
       </div>

@@ -107,3 +107,54 @@ export function useAction<A extends unknown[], T>(
   );
   return { run, pending, retrying, error, setError };
 }
+
+export interface ListPage<T> {
+  items: T[];
+  next: string;
+}
+
+export interface PagedListState<T> extends QueryState<ListPage<T>> {
+  /** Every row of the pages loaded so far, in order. */
+  items: T[];
+  /** True when the server said there is another page. */
+  hasMore: boolean;
+  /** Load one more page (the pages so far are reloaded with it, so rows stay consistent). */
+  more(): void;
+}
+
+/**
+ * A list read page by page ("More" appends the next page). A change in `deps` (a filter)
+ * starts again from the first page in the same render, so a filter change is one load, not two.
+ */
+export function usePagedList<T>(
+  loadPage: (pageToken: string, signal: AbortSignal) => Promise<ListPage<T>>,
+  deps: DependencyList,
+): PagedListState<T> {
+  const [tokens, setTokens] = useState<string[]>([""]);
+  const [seenDeps, setSeenDeps] = useState<DependencyList>(deps);
+  let current = tokens;
+  if (seenDeps.length !== deps.length || seenDeps.some((value, i) => !Object.is(value, deps[i]))) {
+    // React's "adjust state while rendering" pattern: re-renders before any effect runs.
+    setSeenDeps(deps);
+    setTokens([""]);
+    current = [""];
+  }
+  const query = useQuery(
+    async (signal) => {
+      const items: T[] = [];
+      let next = "";
+      for (const token of current) {
+        const page = await loadPage(token, signal);
+        items.push(...page.items);
+        next = page.next;
+      }
+      return { items, next };
+    },
+    [...deps, current],
+  );
+  const next = query.data?.next ?? "";
+  const more = useCallback(() => {
+    if (next) setTokens((previous) => [...previous, next]);
+  }, [next]);
+  return { ...query, items: query.data?.items ?? [], hasMore: next !== "", more };
+}

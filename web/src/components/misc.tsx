@@ -56,6 +56,18 @@ export function Page({ title, actions, children }: { title: string; actions?: Re
   );
 }
 
+/** "More" under a paged list: shown only while the server has another page. */
+export function MoreButton({ list, label }: { list: { hasMore: boolean; more(): void }; label: string }) {
+  if (!list.hasMore) return null;
+  return (
+    <p>
+      <button type="button" className="button" onClick={list.more}>
+        {label}
+      </button>
+    </p>
+  );
+}
+
 export function Loading() {
   const { t } = useI18n();
   return (

@@ -3,12 +3,12 @@
 import { useCallback, useState, type FormEvent } from "react";
 import { StudyStatus } from "@gen/medmesh/common/v1/common_pb";
 import type { Study } from "@gen/medmesh/ingest/v1/study_pb";
-import { useQuery } from "../api/hooks";
+import { usePagedList } from "../api/hooks";
 import { Link } from "../app/router";
 import { useApi } from "../app/services";
 import { ErrorNotice } from "../components/ErrorNotice";
 import { LiveIndicator } from "../components/LiveIndicator";
-import { Loading, Page, StudyStatusBadge } from "../components/misc";
+import { Loading, MoreButton, Page, StudyStatusBadge } from "../components/misc";
 import { useI18n, type MessageKey } from "../i18n";
 import { useStudyWatch } from "../study/useWatch";
 import { FINAL_STATUSES } from "../study/watch";
@@ -59,29 +59,21 @@ export function StudiesPage() {
   const [statusFilter, setStatusFilter] = useState<StudyStatus>(StudyStatus.UNSPECIFIED);
   const [patientDraft, setPatientDraft] = useState("");
   const [patientFilter, setPatientFilter] = useState("");
-  const [pages, setPages] = useState<string[]>([""]);
-  const query = useQuery(
-    async (signal) => {
-      const studies: Study[] = [];
-      let next = "";
-      for (const token of pages) {
-        const response = await api.ingest.listStudies(
-          { pageSize: 25, pageToken: token, status: statusFilter, patientRef: patientFilter },
-          { signal },
-        );
-        studies.push(...response.studies);
-        next = response.nextPageToken;
-      }
-      return { studies, next };
+  const query = usePagedList<Study>(
+    async (pageToken, signal) => {
+      const response = await api.ingest.listStudies(
+        { pageSize: 25, pageToken, status: statusFilter, patientRef: patientFilter },
+        { signal },
+      );
+      return { items: response.studies, next: response.nextPageToken };
     },
-    [api, statusFilter, patientFilter, pages],
+    [api, statusFilter, patientFilter],
   );
   const apply = (event: FormEvent) => {
     event.preventDefault();
-    setPages([""]);
     setPatientFilter(patientDraft.trim());
   };
-  const studies = query.data?.studies ?? [];
+  const studies = query.items;
   const liveIds = new Set(
     studies.filter((s) => !FINAL_STATUSES.has(s.status)).slice(0, MAX_LIVE_ROWS).map((s) => s.studyId),
   );
@@ -100,7 +92,6 @@ export function StudiesPage() {
           <select
             value={statusFilter}
             onChange={(e) => {
-              setPages([""]);
               setStatusFilter(Number(e.target.value) as StudyStatus);
             }}
             data-testid="status-filter"
@@ -144,13 +135,7 @@ export function StudiesPage() {
           </table>
         </div>
       ) : null}
-      {query.data?.next ? (
-        <p>
-          <button type="button" className="button" onClick={() => setPages((p) => [...p, query.data!.next])}>
-            {t("studies.more")}
-          </button>
-        </p>
-      ) : null}
+      <MoreButton list={query} label={t("studies.more")} />
     </Page>
   );
 }
