@@ -1,5 +1,11 @@
 """The `medmesh` command: run the stack, migrate, regenerate code, start dependencies; and
-the client commands (login, upload, watch, results, report: `medmesh/clientcli.py`)."""
+the client commands (login, upload, watch, results, report: `medmesh/clientcli.py`).
+
+Each command imports what it runs only when it runs: the production image installs no `local`
+extra (embedded servers, the mail sink: `up`, `deps`) and no `dev` extra (buf: `gen`), yet
+`medmesh migrate`, `medmesh models build` and the client commands work there
+(tests/unit/test_cli_imports.py runs them with those extras' modules refused).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,16 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
 import structlog
 
-from medmesh import clientcli, codegen
+from medmesh import clientcli
 from medmesh.client import call_json
 from medmesh.contract import DescriptorImage
-from medmesh.launcher import EmbeddedDependencies
-from medmesh.migrate import migrate_all
-from medmesh.supervisor import default_data_dir, up
-from svc_infer.models import command as model_commands
+from svc_infer.models import command as model_commands  # its flags; TensorFlow only on build
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """MEDMESH_DATA_DIR, else `.data` in the current directory."""
+    return Path(environ.get("MEDMESH_DATA_DIR", os.path.join(os.getcwd(), ".data")))
+
+
 def _deps(data_dir: Path) -> int:
+    from medmesh.launcher import EmbeddedDependencies  # the `local` extra
+
     with EmbeddedDependencies(data_dir, os.environ) as urls:
         for name, url in urls.items():
             print(f"export {name}={url}", flush=True)
@@ -100,10 +111,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     data_dir = getattr(args, "data_dir", None) or default_data_dir(os.environ)
     if args.command == "up":
+        from medmesh.supervisor import up  # the `local` extra: embedded servers, mail sink
+
         return up(data_dir, args.status_file, os.environ)
     if args.command == "deps":
         return _deps(data_dir)
     if args.command == "migrate":
+        from medmesh.migrate import migrate_all
+
         migrate_all(os.environ)
         return 0
     if args.command == "call":
@@ -112,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         return clientcli.run_client_command(args, os.environ)
     if args.command == "models":
         return model_commands.build_command(args, data_dir, os.environ)  # imports TensorFlow
+    from medmesh import codegen  # the `dev` extra: buf and the plugins
+
     return codegen.generate(check=args.check)
 
 
