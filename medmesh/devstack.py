@@ -61,7 +61,7 @@ def local_secrets(env: dict[str, str], data_dir: Path) -> dict[str, str]:
     Returns what the user needs to log in: clinic, e-mail, and where the password is.
     """
     secrets_dir = data_dir / "secrets"
-    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     env.setdefault(
         "MEDMESH_AUTH_KEY_ENCRYPTION_KEY",
         _kept_secret(secrets_dir / "key-encryption-key", Fernet.generate_key().decode()),

@@ -5,9 +5,10 @@ signing keys, svc_report's MIS bearer tokens. Fernet (AES-128-CBC + HMAC-SHA256,
 `cryptography`): the first key encrypts, every key decrypts, so a KEK is rotated by putting
 the new key first and re-encrypting at leisure.
 
-Without a configured key the published development key is used (it is in this file, so it
-protects nothing): `medmesh up` generates and keeps real keys in its data directory, and a
-service running on the development key says so loudly at start-up.
+There is no default key: a service that stores secrets refuses to start without its KEK
+variable (`require_key_encryption_keys`), naming the variable and how to make a key. `medmesh
+up`, the development launcher, generates one per data directory and keeps it there (mode 600),
+so a local stack works out of the box and a deployment cannot run on a key anyone can read.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from medmesh.settings import SettingsError
 
-# Public on purpose: only used when no key is configured, and start-up says so loudly.
-DEV_KEY_ENCRYPTION_KEY = "bWVkbWVzaC1kZXYtb25seS1pbnNlY3VyZS1rZXkhISE="
+_MAKE_KEY = (
+    "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+)
 
 
 class SecretUnreadable(Exception):
@@ -39,23 +41,34 @@ def check_key_encryption_keys(variable: str, keys: Sequence[str]) -> None:
         try:
             Fernet(key)
         except ValueError:
-            raise SettingsError(
-                f"{variable} must hold Fernet keys (python -c 'from cryptography.fernet "
-                "import Fernet; print(Fernet.generate_key().decode())')"
-            ) from None
+            raise SettingsError(f"{variable} must hold Fernet keys ({_MAKE_KEY})") from None
 
 
-def key_encryption_cipher(keys: Sequence[str]) -> MultiFernet:
-    """Encrypts with the first key, decrypts with any; the development key when none."""
-    return MultiFernet([Fernet(key) for key in (keys or (DEV_KEY_ENCRYPTION_KEY,))])
+def require_key_encryption_keys(variable: str, keys: Sequence[str]) -> None:
+    """SettingsError naming `variable` when no key is configured (there is no default) or one
+    is not a Fernet key: the service must not start and store secrets under a guessable key."""
+    if not keys:
+        raise SettingsError(
+            f"{variable} is not set: this service encrypts secrets at rest and has no default "
+            f"key-encryption key. Set it to a Fernet key kept in your secret store ({_MAKE_KEY}); "
+            "`medmesh up` generates one per data directory."
+        )
+    check_key_encryption_keys(variable, keys)
+
+
+def key_encryption_cipher(variable: str, keys: Sequence[str]) -> MultiFernet:
+    """Encrypts with the first key, decrypts with any; SettingsError naming `variable`
+    when there is none."""
+    require_key_encryption_keys(variable, keys)
+    return MultiFernet([Fernet(key) for key in keys])
 
 
 class SecretBox:
-    """Encrypts and decrypts short text secrets (tokens, passwords) with the KEKs."""
+    """Encrypts and decrypts short text secrets (tokens, passwords) with the KEKs from
+    `variable`; SettingsError at construction when that variable holds no key."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
-        self.dev_key_in_use = not keys
-        self._cipher = key_encryption_cipher(keys)
+    def __init__(self, keys: Sequence[str], *, variable: str = "the key-encryption key") -> None:
+        self._cipher = key_encryption_cipher(variable, keys)
 
     def seal(self, secret: str) -> bytes:
         """`secret` encrypted (and authenticated) with the first key."""

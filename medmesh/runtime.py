@@ -35,7 +35,7 @@ from medmesh.identity import RoleRules
 from medmesh.migrations import apply_migrations
 from medmesh.resources import open_cache
 from medmesh.server import GrpcServer
-from medmesh.settings import Settings
+from medmesh.settings import Settings, SettingsError
 from medmesh.telemetry import configure_logging, configure_tracing, start_metrics_endpoint
 
 _log = structlog.get_logger("medmesh.runtime")
@@ -170,4 +170,7 @@ def run_service(service: str, setup: Setup, *, migrations: Sequence[Migrations] 
     settings = Settings.from_env(os.environ, service=service)
     configure_logging(service, settings.log_level)
     configure_tracing(service, settings.otlp_endpoint)
-    asyncio.run(serve(settings, setup, migrations=migrations))
+    try:
+        asyncio.run(serve(settings, setup, migrations=migrations))
+    except SettingsError as exc:  # a missing or bad variable: say which, without a traceback
+        raise SystemExit(f"svc_{service} cannot start: {exc}") from None

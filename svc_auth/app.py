@@ -38,7 +38,6 @@ _log = structlog.get_logger("svc_auth")
 async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
     """PostgreSQL (users, keys, outbox), Redis (limits, deny-lists), SMTP (outbox worker)."""
     config = AuthConfig.from_settings(settings)
-    config.warn_if_insecure()
     database = await open_database(settings, stack)
     redis = await open_cache(settings, stack)
     hashing = PasswordHashing(

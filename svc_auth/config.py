@@ -1,8 +1,8 @@
 """svc_auth's own settings, read once from the MEDMESH_AUTH_* variables of `Settings.extra`.
 
-Every knob has a production-safe default except the key-encryption key, which production
-must set: without it the private signing keys are encrypted with a published development key
-(start-up logs a loud warning).
+Every knob has a production-safe default except the key-encryption key, which has none:
+without MEDMESH_AUTH_KEY_ENCRYPTION_KEY svc_auth refuses to start (`medmesh up` generates one
+per data directory).
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 import structlog
 from cryptography.fernet import MultiFernet
 
-from medmesh.keyring import key_encryption_cipher, parse_key_encryption_keys
+from medmesh.keyring import (
+    key_encryption_cipher,
+    parse_key_encryption_keys,
+    require_key_encryption_keys,
+)
 from medmesh.settings import Settings, SettingsError
 
 _log = structlog.get_logger("svc_auth.config")
@@ -69,7 +73,8 @@ class AuthConfig:
     signing_algorithm: str = "EdDSA"
     """MEDMESH_AUTH_SIGNING_ALG: `EdDSA` (Ed25519, default) or `RS256` (RSA 2048)."""
     key_encryption_keys: tuple[str, ...] = ()
-    """MEDMESH_AUTH_KEY_ENCRYPTION_KEY: Fernet keys, comma-separated; the first encrypts."""
+    """MEDMESH_AUTH_KEY_ENCRYPTION_KEY: Fernet keys, comma-separated; the first encrypts.
+    Required: no default (from_settings refuses to build a config without one)."""
     access_ttl_s: int = 900
     """MEDMESH_AUTH_ACCESS_TTL_S: access token lifetime."""
     refresh_ttl_s: int = 14 * 24 * 3600
@@ -134,14 +139,9 @@ class AuthConfig:
     """MEDMESH_AUTH_ARGON2_MEMORY_KIB: argon2id memory per hash (RFC 9106: 64 MiB)."""
     gateway_public_paths: tuple[str, ...] = field(default=("/healthz", "/readyz"))
 
-    @property
-    def dev_key_in_use(self) -> bool:
-        """True when private keys would be encrypted with the published development key."""
-        return not self.key_encryption_keys
-
     def fernet(self) -> MultiFernet:
         """The cipher for private keys: encrypts with the first key, decrypts with any."""
-        return key_encryption_cipher(self.key_encryption_keys)
+        return key_encryption_cipher(_v("KEY_ENCRYPTION_KEY"), self.key_encryption_keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuthConfig:
@@ -150,6 +150,7 @@ class AuthConfig:
         keys = parse_key_encryption_keys(
             _v("KEY_ENCRYPTION_KEY"), env.get(_v("KEY_ENCRYPTION_KEY"), "")
         )
+        require_key_encryption_keys(_v("KEY_ENCRYPTION_KEY"), keys)
         algorithm = env.get(_v("SIGNING_ALG"), cls.signing_algorithm)
         if algorithm not in {"EdDSA", "RS256"}:
             raise SettingsError(f"{_v('SIGNING_ALG')}={algorithm!r}: use EdDSA or RS256")
@@ -192,15 +193,6 @@ class AuthConfig:
             redis_prefix=f"{settings.subject_root}:auth:",
             argon2_memory_kib=_int(env, "ARGON2_MEMORY_KIB", cls.argon2_memory_kib),
         )
-
-    def warn_if_insecure(self) -> None:
-        """Log loudly when running with the development key-encryption key."""
-        if self.dev_key_in_use:
-            _log.warning(
-                "INSECURE: MEDMESH_AUTH_KEY_ENCRYPTION_KEY is unset; private signing keys are "
-                "encrypted with the PUBLIC development key. Set it before real use.",
-                variable=_v("KEY_ENCRYPTION_KEY"),
-            )
 
 
 def _v(name: str) -> str:

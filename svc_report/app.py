@@ -14,7 +14,7 @@ import structlog
 from gen.medmesh.events.v1 import DeliveryJob, ReportJob, StudyResultsReady
 from medmesh.audit import DeniedAccessRecorder
 from medmesh.db import Database
-from medmesh.keyring import SecretBox
+from medmesh.keyring import SecretBox, require_key_encryption_keys
 from medmesh.mail import SmtpEndpoint
 from medmesh.outbox import Outbox, OutboxRelay
 from medmesh.resources import open_cache, open_database, open_jetstream, open_object_store
@@ -43,16 +43,12 @@ from svc_report.targets import DeliveryTargets
 log = structlog.get_logger(__name__)
 
 SCHEMA = "report"
+KEK_VARIABLE = "MEDMESH_REPORT_KEY_ENCRYPTION_KEY"
 
 
 async def _mis_token_box(config: ReportConfig, database: Database) -> SecretBox:
     """The cipher of the MIS bearer tokens; tokens still in plain text get sealed now."""
-    secrets = SecretBox(config.key_encryption_key)
-    if secrets.dev_key_in_use:
-        log.warning(
-            "INSECURE: MEDMESH_REPORT_KEY_ENCRYPTION_KEY is unset; MIS bearer tokens are "
-            "encrypted with the PUBLIC development key. Set it before real use."
-        )
+    secrets = SecretBox(config.key_encryption_key, variable=KEK_VARIABLE)
     async with database.transaction() as conn:
         sealed = await delivery_store.seal_plaintext_tokens(conn, secrets.seal)
     if sealed:
@@ -65,6 +61,8 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
     (svc_infer's result cache), S3 (processed images in, archive out), JetStream (events and
     jobs in, events, jobs and dead letters out), SMTP, the clinics' MIS endpoints."""
     config = ReportConfig.from_extra(settings.extra)
+    # No default KEK: refuse before opening anything (SettingsError names the variable).
+    require_key_encryption_keys(KEK_VARIABLE, config.key_encryption_key)
     database = await open_database(settings, stack)
     redis = await open_cache(settings, stack)
     objects = await open_object_store(settings, stack)

@@ -41,8 +41,8 @@ class ReportConfig:
     public addresses only (svc_report.egress)."""
     key_encryption_key: tuple[str, ...] = ()
     """MEDMESH_REPORT_KEY_ENCRYPTION_KEY: Fernet keys, comma-separated, that encrypt the MIS
-    bearer tokens at rest; the first encrypts, any decrypts. Unset: the published development
-    key (start-up warns; `medmesh up` generates a real one)."""
+    bearer tokens at rest; the first encrypts, any decrypts. Required: svc_report refuses to
+    start without it (no default; `medmesh up` generates one per data directory)."""
     mis_ca_file: str = ""
     """MEDMESH_REPORT_MIS_CA_FILE: PEM bundle trusted for MIS https endpoints (a hospital's
     private CA) instead of the system store."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from fault_stack import FaultStack
 from support.models import model_base_dir, model_server_address  # noqa: F401 - fixtures
 
@@ -52,6 +53,9 @@ async def fault_stack(
             "MEDMESH_GRACE_PERIOD_S": "1",
             "MEDMESH_LOG_LEVEL": "warning",
             "TF_CPP_MIN_LOG_LEVEL": "3",
+            # Services that keep secrets refuse to start without their key-encryption key.
+            "MEDMESH_AUTH_KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "MEDMESH_REPORT_KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
         }
     )
     stack = FaultStack(
