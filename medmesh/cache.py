@@ -4,6 +4,10 @@ redis-py connects lazily, so a wrong URL would otherwise only show on the first 
 `open_redis` pings first so that start-up fails with `DependencyUnavailable("redis")`.
 Short socket timeouts keep a stalled Redis from holding a request for redis-py's default
 of "forever", and a jittered exponential retry rides out a failover or a dropped connection.
+
+Transport: `rediss://` speaks TLS and verifies the server's certificate and host name (against
+`ca_file` when given, else the system's CAs); the password (`redis://:PASSWORD@host`, or
+`USER:PASSWORD@` for an ACL user) travels in the URL and never reaches a log or an error.
 """
 
 from __future__ import annotations
@@ -30,12 +34,19 @@ async def open_redis(
     max_connections: int = 50,
     health_check_interval_s: int = 30,
     client_name: str | None = None,
+    ca_file: str = "",
 ) -> Redis:
-    """Connect to `url` (`redis://host:port/db`), ping, and return the client.
+    """Connect to `url` (`redis://host:port/db`, `rediss://` for TLS), ping, and return it.
 
-    Raises DependencyUnavailable("redis") when the ping fails after the retries. The client
-    returns bytes (no decode_responses) because callers store both text and binary values.
+    Raises DependencyUnavailable("redis") when the ping fails after the retries (a refused
+    password, an untrusted certificate). The client returns bytes (no decode_responses)
+    because callers store both text and binary values.
     """
+    tls: dict[str, object] = {}
+    if url.startswith("rediss://"):
+        tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if ca_file:
+            tls["ssl_ca_certs"] = ca_file
     client = Redis.from_url(
         url,
         socket_timeout=socket_timeout_s,
@@ -49,6 +60,7 @@ async def open_redis(
         max_connections=max_connections,
         health_check_interval=health_check_interval_s,
         client_name=client_name,
+        **tls,
     )
     try:
         await client.ping()

@@ -39,6 +39,7 @@ from opentelemetry.context import Context
 
 from gen.medmesh.events.v1 import DeadLetterEnvelope
 from medmesh.errors import DependencyUnavailable
+from medmesh.transport import client_tls_context, redact_url
 
 log = structlog.get_logger(__name__)
 
@@ -304,23 +305,43 @@ async def ensure_topology(js: JetStreamContext, topology: Topology) -> None:
 
 
 async def connect_nats(
-    url: str, *, name: str, connect_timeout_s: float = 5.0
+    url: str,
+    *,
+    name: str,
+    connect_timeout_s: float = 5.0,
+    ca_file: str = "",
+    creds_file: str = "",
 ) -> tuple[NatsClient, JetStreamContext]:
     """Connect for a long-running service: reconnect forever once connected, but give up on
     the first connection after `connect_timeout_s` with DependencyUnavailable("nats").
 
     nats-py with max_reconnect_attempts=-1 would otherwise retry the *initial* connect forever.
+    Credentials: `nats://USER:PASSWORD@host` (or a token) in the URL, or `creds_file` (a
+    `.creds` file: user JWT and NKey seed). TLS: a `tls://` URL, or any server that requires
+    TLS, is verified against `ca_file` (PEM) or the system's CAs, host name included.
     """
     nc = NatsClient()
+    where = redact_url(url)
+    security: dict[str, object] = {}
+    if ca_file or url.startswith("tls://"):
+        security["tls"] = client_tls_context(ca_file)
+    if creds_file:
+        security["user_credentials"] = creds_file
+
+    errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats.error", error=str(exc) or type(exc).__name__, connection=name)
+        error = str(exc) or type(exc).__name__
+        if error not in errors and len(errors) < 4:
+            errors.append(error)
+        log.warning("nats.error", error=error, connection=name)
 
     async def on_disconnected() -> None:
         log.warning("nats.disconnected", connection=name)
 
     async def on_reconnected() -> None:
-        log.info("nats.reconnected", connection=name, server=str(nc.connected_url))
+        server = nc.connected_url.geturl() if nc.connected_url else ""
+        log.info("nats.reconnected", connection=name, server=redact_url(server))
 
     try:
         async with asyncio.timeout(connect_timeout_s):
@@ -336,10 +357,14 @@ async def connect_nats(
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
+                **security,  # type: ignore[arg-type]
             )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         await nc.close()
-        raise DependencyUnavailable("nats", f"{url}: {exc or type(exc).__name__}") from exc
+        # A refused password or certificate shows as a timeout (nats-py retries the first
+        # connect); the errors it reported on the way say why.
+        reason = "; ".join([str(exc) or type(exc).__name__, *errors])
+        raise DependencyUnavailable("nats", f"{where}: {reason}") from exc
     return nc, nc.jetstream()
 
 

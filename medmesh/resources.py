@@ -35,7 +35,11 @@ async def open_database(settings: Settings, stack: AsyncExitStack) -> Database:
 async def open_cache(settings: Settings, stack: AsyncExitStack) -> Redis:
     """A Redis client that has answered PING."""
     settings.require("redis_url")
-    redis = await open_redis(settings.redis_url, client_name=f"medmesh-{settings.service}")
+    redis = await open_redis(
+        settings.redis_url,
+        client_name=f"medmesh-{settings.service}",
+        ca_file=settings.redis_ca_file,
+    )
     stack.push_async_callback(redis.aclose)
     return redis
 
@@ -53,7 +57,12 @@ async def open_jetstream(settings: Settings, stack: AsyncExitStack) -> JetStream
     """Connect to NATS and declare every stream and consumer (idempotent). Drained on exit so
     messages published before shutdown are flushed and consumers stop cleanly."""
     settings.require("nats_url")
-    nc, js = await connect_nats(settings.nats_url, name=f"medmesh-{settings.service}")
+    nc, js = await connect_nats(
+        settings.nats_url,
+        name=f"medmesh-{settings.service}",
+        ca_file=settings.nats_ca_file,
+        creds_file=settings.nats_creds_file,
+    )
     stack.push_async_callback(nc.drain)
     topology = Topology(
         subject_root=settings.subject_root,

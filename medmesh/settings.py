@@ -60,9 +60,19 @@ class Settings:
     postgres_read_url: str = ""
     """MEDMESH_POSTGRES_READ_URL: a read replica; reads go to the primary when unset."""
     redis_url: str = ""
-    """MEDMESH_REDIS_URL."""
+    """MEDMESH_REDIS_URL: `redis://[:PASSWORD@]host:port/db`, or `rediss://` for TLS."""
+    redis_ca_file: str = ""
+    """MEDMESH_REDIS_CA_FILE: PEM bundle the Redis server's certificate must chain to (its
+    name must match the URL's host); needs a `rediss://` URL. Empty: the system's CAs."""
     nats_url: str = ""
-    """MEDMESH_NATS_URL: a NATS server with JetStream enabled."""
+    """MEDMESH_NATS_URL: a NATS server with JetStream enabled, `nats://[USER:PASSWORD@]host:port`,
+    or `tls://` to insist on TLS."""
+    nats_ca_file: str = ""
+    """MEDMESH_NATS_CA_FILE: PEM bundle the NATS server's certificate must chain to (its name
+    must match the URL's host); needs a `tls://` URL. Empty: the system's CAs."""
+    nats_creds_file: str = ""
+    """MEDMESH_NATS_CREDS_FILE: a NATS `.creds` file (user JWT + NKey seed) for decentralised
+    auth, instead of a user and password in the URL."""
     s3_url: str = ""
     """MEDMESH_S3_URL: `http(s)://ACCESS_KEY:SECRET_KEY@host:port` of an S3-compatible API."""
     s3_bucket_prefix: str = ""
@@ -110,7 +120,10 @@ class Settings:
             postgres_url=environ.get("MEDMESH_POSTGRES_URL", ""),
             postgres_read_url=environ.get("MEDMESH_POSTGRES_READ_URL", ""),
             redis_url=environ.get("MEDMESH_REDIS_URL", ""),
+            redis_ca_file=environ.get("MEDMESH_REDIS_CA_FILE", ""),
             nats_url=environ.get("MEDMESH_NATS_URL", ""),
+            nats_ca_file=environ.get("MEDMESH_NATS_CA_FILE", ""),
+            nats_creds_file=environ.get("MEDMESH_NATS_CREDS_FILE", ""),
             s3_url=environ.get("MEDMESH_S3_URL", ""),
             s3_bucket_prefix=environ.get("MEDMESH_S3_BUCKET_PREFIX", ""),
             subject_root=environ.get("MEDMESH_SUBJECT_ROOT", cls.subject_root),
@@ -129,6 +142,18 @@ class Settings:
             operator_clinic_id=environ.get("MEDMESH_OPERATOR_CLINIC_ID", ""),
             extra={k: v for k, v in environ.items() if k.startswith(prefix)},
         )
+
+    def __post_init__(self) -> None:
+        # A CA file with a plaintext scheme would silently send credentials in clear (nats-py
+        # only upgrades when the server asks): refuse the combination at start-up.
+        for ca_file, url, variable, scheme in (
+            (self.redis_ca_file, self.redis_url, "MEDMESH_REDIS_URL", "rediss://"),
+            (self.nats_ca_file, self.nats_url, "MEDMESH_NATS_URL", "tls://"),
+        ):
+            if ca_file and url and not url.startswith(scheme):
+                raise SettingsError(
+                    f"{variable} must start with {scheme} when a CA file is set for it"
+                )
 
     def require(self, *names: str) -> None:
         """Fail at start-up, naming the variable, when a URL this service needs is unset."""

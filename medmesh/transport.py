@@ -1,0 +1,32 @@
+"""TLS and credentials for the connections to NATS and Redis, in one place.
+
+PostgreSQL needs nothing here: libpq reads `sslmode=verify-full&sslrootcert=/path/ca.crt` (and
+the password) from the URL itself. NATS and Redis take their password in the URL too, so a URL
+is a secret: `redact_url` is what goes into logs and error details.
+"""
+
+from __future__ import annotations
+
+import ssl
+from urllib.parse import urlsplit
+
+
+def client_tls_context(ca_file: str = "") -> ssl.SSLContext:
+    """A client context that verifies the server's chain and host name, TLS 1.2 or later,
+    against `ca_file` (PEM) when given, else the system's trusted CAs."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def redact_url(url: str) -> str:
+    """`scheme://host:port` of `url`, without user, password, path or query (safe to log)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
