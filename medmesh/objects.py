@@ -19,10 +19,11 @@ from urllib.parse import unquote, urlsplit
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource
 from minio.error import MinioException, S3Error, ServerError
 from urllib3.util import Retry, Timeout
 
-from medmesh.errors import DependencyUnavailable, NotFound
+from medmesh.errors import DependencyUnavailable, FailedPrecondition, NotFound
 
 RAW_IMAGES = "medical-images-raw"
 PROCESSED_IMAGES = "medical-images-processed"
@@ -201,6 +202,34 @@ class ObjectStore:
         """The object's size in bytes; raises NotFound when it does not exist."""
         stat = await self._run(self.client.stat_object, self.bucket(bucket), key)
         return int(stat.size or 0)
+
+    async def stat(self, bucket: str, key: str) -> tuple[int, str]:
+        """The object's size and ETag; raises NotFound when it does not exist."""
+        stat = await self._run(self.client.stat_object, self.bucket(bucket), key)
+        return int(stat.size or 0), stat.etag or ""
+
+    def _copy_sync(self, real_bucket: str, source_key: str, key: str, if_match: str) -> str:
+        source = CopySource(real_bucket, source_key, match_etag=if_match or None)
+        try:
+            return self.client.copy_object(real_bucket, key, source).etag or ""
+        except S3Error as exc:
+            if exc.code == "PreconditionFailed":
+                raise FailedPrecondition(f"{source_key} changed while it was copied") from exc
+            raise
+
+    async def copy(self, bucket: str, source_key: str, key: str, *, if_match: str = "") -> str:
+        """Server-side copy within a bucket (the bytes never leave S3); returns the new ETag.
+        With `if_match` (an ETag) the copy happens only if the source still has that ETag,
+        else FailedPrecondition; a missing source is NotFound."""
+        return await self._run(self._copy_sync, self.bucket(bucket), source_key, key, if_match)
+
+    def _list_keys_sync(self, real_bucket: str, prefix: str) -> list[str]:
+        objects = self.client.list_objects(real_bucket, prefix=prefix, recursive=True)
+        return [o.object_name for o in objects if o.object_name]
+
+    async def list_keys(self, bucket: str, prefix: str) -> list[str]:
+        """Every key under `prefix` (for sweepers; holds the whole listing in memory)."""
+        return await self._run(self._list_keys_sync, self.bucket(bucket), prefix)
 
     async def remove(self, bucket: str, key: str) -> None:
         """Delete the object (deleting a missing object is not an error in S3)."""
