@@ -15,6 +15,7 @@ import structlog
 
 from gen.medmesh.common.v1 import AnalysisKind
 from medmesh.audit import DeniedAccessRecorder
+from medmesh.audit_writer import AuditWriter
 from medmesh.db import Database
 from medmesh.objects import ObjectStore
 from medmesh.outbox import Outbox, OutboxRelay
@@ -144,8 +145,13 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
             "no model server configured: MEDMESH_INFER_TF_SERVING_ADDR is unset, "
             "jobs wait in the queue until a worker with a model server starts"
         )
+    # Read audits in batches off the read's path; closed (everything queued written) after
+    # the gRPC server has drained and before the database pool closes.
+    audit = AuditWriter(database)
+    audit.start()
+    stack.push_async_callback(audit.close)
     dependencies = InferDependencies(
-        results=ResultReader(database, cache, objects),
+        results=ResultReader(database, cache, objects, audit),
         dead_letters=DeadLetters(database, jetstream),
         registry=registry,
     )

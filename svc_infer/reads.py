@@ -3,9 +3,11 @@ configured), always within the caller's clinic. A result of another clinic is NO
 and a list of another clinic's study is empty, exactly like a study that does not exist.
 GetResultImageUrl: a presigned GET URL of an image result's processed PNG.
 
-Every read is audited (`result.read`, `result.list`, `result.image_url`: one INSERT on the
-primary after the read succeeds, before the answer leaves); a NOT_FOUND leaves an
-`access.denied` row under the caller's clinic."""
+Every read is audited after it succeeds: `result.read` and `result.list` through the
+batched background writer (`medmesh.audit_writer.AuditWriter`: committed a few ms after the
+answer, written synchronously when its queue is full, never dropped), `result.image_url`
+with one INSERT on the primary before the URL leaves. A NOT_FOUND leaves an `access.denied`
+row under the caller's clinic (synchronously)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from gen.medmesh.infer.v1 import Result
 from medmesh.audit import audit_denials, record_access
+from medmesh.audit_writer import AuditWriter
 from medmesh.db import Database
 from medmesh.errors import InvalidArgument, NotFound
 from medmesh.identity import Identity
@@ -65,17 +68,36 @@ class ImageUrl:
 class ResultReader:
     """Reads results for one clinic at a time."""
 
-    def __init__(self, database: Database, cache: ResultCache, objects: ObjectStore) -> None:
+    def __init__(
+        self,
+        database: Database,
+        cache: ResultCache,
+        objects: ObjectStore,
+        audit: AuditWriter | None = None,
+    ) -> None:
         self._database = database
         self._cache = cache
         self._objects = objects
+        self._audit = audit
+
+    async def _record_read(
+        self, identity: Identity, action: str, resource: str, study_id: str, **detail: int
+    ) -> None:
+        if self._audit is not None:
+            await self._audit.record_access(
+                identity, action, resource, study_id=study_id, detail=detail
+            )
+        else:
+            await record_access(
+                self._database, identity, action, resource, study_id=study_id, detail=detail
+            )
 
     async def read(self, identity: Identity, name: str) -> Result:
         """GetResult: the result, audited as `result.read`."""
         study_id, _ = parse_result_name(name)
         async with audit_denials(self._database, identity, "GetResult", name):
             result = await self.get(identity.clinic_id, name)
-        await record_access(self._database, identity, "result.read", name, study_id=study_id)
+        await self._record_read(identity, "result.read", name, study_id)
         return result
 
     async def read_list(
@@ -84,13 +106,8 @@ class ResultReader:
         """ListResults: a page, audited as `result.list` with the number returned."""
         study_id = parse_study_name(parent)
         page, next_token = await self.list(identity.clinic_id, parent, size, token)
-        await record_access(
-            self._database,
-            identity,
-            "result.list",
-            f"studies/{study_id}",
-            study_id=study_id,
-            detail={"returned": len(page)},
+        await self._record_read(
+            identity, "result.list", f"studies/{study_id}", study_id, returned=len(page)
         )
         return page, next_token
 
