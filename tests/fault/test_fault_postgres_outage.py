@@ -1,7 +1,8 @@
-"""PostgreSQL stopped: svc_ingest's RPCs fail with UNAVAILABLE within the pool's acquire
-timeout (5 s) instead of hanging, a note refused meanwhile leaves no file row and no object
-in the raw bucket, and when PostgreSQL returns svc_ingest (in this process) and svc_infer
-(a real process) work again without a restart: new uploads get their results."""
+"""PostgreSQL stopped: svc_ingest's RPCs fail at once with UNAVAILABLE ("server unreachable":
+the pool saw its connection attempt refused and did not wait out its acquire timeout), a note
+refused meanwhile leaves no file row and no object in the raw bucket, and when PostgreSQL
+returns svc_ingest (in this process) and svc_infer (a real process) work again without a
+restart: new uploads get their results."""
 
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ from fault_stack import Clinic, FaultStack, infer_env, running_ingest, wait_for_
 from support.tokens import TokenFactory
 
 from gen.medmesh.ingest.v1 import CreateStudyRequest, CreateTextNoteRequest, GetStudyRequest
+from medmesh.db import Database
+from medmesh.errors import DependencyUnavailable
 from medmesh.launcher.postgres import PostgresServer
 from medmesh.objects import RAW_IMAGES, ObjectStore
 
 RESULTS_SQL = "SELECT count(*) FROM infer.results"
-UNAVAILABLE_WITHIN_S = 7.0  # the pool's 5 s acquire timeout, and some slack for 2 busy cores
+# A generous bound, not a timing assert: an RPC must not wait out the pool's 5 s acquire timeout.
+UNAVAILABLE_WITHIN_S = 4.0
 RECOVERY_WITHIN_S = 30.0
+# The pool test's acquire timeout: far longer than any answer may take while PostgreSQL is down.
+LONG_ACQUIRE_TIMEOUT_S = 120.0
 
 
 class RestartablePostgres(PostgresServer):
@@ -43,12 +49,48 @@ def own_postgres(tmp_path: Path) -> Iterator[RestartablePostgres]:
     server.stop()
 
 
-async def refused(call: Any) -> tuple[grpc.StatusCode, float]:
-    """The status code a call fails with, and how long it took to fail."""
+async def refused(call: Any) -> tuple[grpc.StatusCode, float, str]:
+    """The status code a call fails with, how long it took to fail, and its details."""
     began = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await call
-    return failure.value.code(), time.monotonic() - began
+    return failure.value.code(), time.monotonic() - began, failure.value.details() or ""
+
+
+async def test_a_pool_fails_at_once_while_postgres_is_down_and_reconnects_when_it_returns(
+    own_postgres: RestartablePostgres,
+) -> None:
+    """With an acquire timeout of two minutes, every checkout during the outage (the one
+    already waiting when the server went, the ones after) raises "server unreachable" long
+    before it: the pool's refused connection attempt ends the wait. Before the fix each
+    waited the whole acquire timeout (the asyncio.timeout below would fire)."""
+    async with Database(
+        own_postgres.url, min_size=2, max_size=4, acquire_timeout_s=LONG_ACQUIRE_TIMEOUT_S
+    ) as db:
+        async with db.read_connection() as conn:
+            assert await (await conn.execute("SELECT 1 AS one")).fetchone() == {"one": 1}
+        own_postgres.stop()
+        failures: list[DependencyUnavailable] = []
+        async with asyncio.timeout(LONG_ACQUIRE_TIMEOUT_S / 4):
+            for _ in range(5):
+                with pytest.raises(DependencyUnavailable) as failure:
+                    async with db.transaction() as conn:
+                        await conn.execute("SELECT 1")
+                failures.append(failure.value)
+        assert not db.reachable()
+        own_postgres.start()
+        async with asyncio.timeout(RECOVERY_WITHIN_S):
+            while True:
+                try:
+                    async with db.transaction() as conn:
+                        row = await (await conn.execute("SELECT 2 AS two")).fetchone()
+                    break
+                except DependencyUnavailable:
+                    await asyncio.sleep(0.2)
+        assert db.reachable()
+    assert row == {"two": 2}
+    assert all(f.dependency == "postgres" for f in failures)
+    assert all("server unreachable" in f.detail for f in failures[1:]), failures
 
 
 async def test_postgres_down_fails_fast_with_unavailable_and_services_recover_without_restart(
@@ -106,9 +148,12 @@ async def test_postgres_down_fails_fast_with_unavailable_and_services_recover_wi
         await wait_for_count(stack, RESULTS_SQL, len(clinic.file_ids), [worker])
         got = await stub.get_study(GetStudyRequest(name=study.name), metadata=auth)
 
-    assert [code for code, _ in outcomes] == [grpc.StatusCode.UNAVAILABLE] * 3
+    assert [code for code, _, _ in outcomes] == [grpc.StatusCode.UNAVAILABLE] * 3
+    # Each refused by the pool's view of the server, not by its acquire timeout running out.
+    assert all("server unreachable" in details for _, _, details in outcomes), outcomes
+    assert "no free connection" not in repr(outcomes)
     assert while_recovering <= {grpc.StatusCode.UNAVAILABLE}
-    assert max(seconds for _, seconds in outcomes) < UNAVAILABLE_WITHIN_S
+    assert max(seconds for _, seconds, _ in outcomes) < UNAVAILABLE_WITHIN_S
     assert list(got.study.files) == []  # the note refused during the outage was not kept
     bucket = fault_objects.bucket(RAW_IMAGES)
     prefix = f"clinic-a/{study.study_id}/"
@@ -118,6 +163,6 @@ async def test_postgres_down_fails_fast_with_unavailable_and_services_recover_wi
     assert {r["file_id"]: r["n"] for r in rows} == {f: 1 for f in clinic.file_ids}
     print(  # noqa: T201 - the measured numbers, for the README (pytest -s)
         f"\nfault PostgreSQL outage: UNAVAILABLE after "
-        f"{[round(s, 2) for _, s in outcomes]} s; svc_ingest serving again "
+        f"{[round(s, 2) for _, s, _ in outcomes]} s; svc_ingest serving again "
         f"{recovered_s:.1f} s after PostgreSQL returned"
     )
