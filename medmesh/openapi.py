@@ -6,16 +6,29 @@ which is not valid Swagger 2.0 (a path parameter must appear as `{name}`), and a
 put `studies/123` in one path segment anyway: the edge and Envoy match segment by segment. So
 each such variable is spelled out as its literal segments and one parameter per wildcard,
 named after the collection segment before it: `/v1/studies/{studies}/files/{files}`.
+
+The generator titles the merged document after its first file (`medmesh/common/v1/common.proto`,
+version "version not set"), so `info` is replaced by the product's: its title, the package
+summary and version from the installed package metadata (pyproject.toml). The server URL is the
+one place that depends on where the document is served: the committed file has no `host`
+(Swagger 2.0: the host serving the document), and the edge fills in `host` and `schemes` from
+the request it answers (`with_server`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 _VARIABLE = re.compile(r"\{([^}=]+)=([^}]+)\}")
+PRODUCT_TITLE = "medmesh API"
+DISTRIBUTION = "medmesh"
+# host[:port] as Swagger 2.0's `host` allows it (a name or an IPv4/IPv6 literal, no path).
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+_SCHEMES = frozenset({"http", "https"})
 
 
 class OpenApiError(ValueError):
@@ -79,8 +92,32 @@ def spell_out_path_templates(document: dict[str, Any]) -> dict[str, Any]:
     return {**document, "paths": paths}
 
 
-def rewrite_file(path: Path) -> None:
+def product_info() -> dict[str, str]:
+    """The document's `info`: the product title, the package's summary and version."""
+    meta = metadata.metadata(DISTRIBUTION)
+    return {"title": PRODUCT_TITLE, "description": meta["Summary"], "version": meta["Version"]}
+
+
+def with_product_info(document: dict[str, Any], info: dict[str, str]) -> dict[str, Any]:
+    """The document with `info` replaced (in its place: a key keeps its position)."""
+    return {**document, "info": info}
+
+
+def with_server(document: bytes, host: str | None, scheme: str | None) -> bytes:
+    """The served document: `host` and `schemes` of the request that asked for it.
+
+    A Host header that is not a plain host[:port] (or a scheme other than http/https) is left
+    out, and the document then names no host, which Swagger 2.0 reads as the serving one.
+    """
+    parsed = json.loads(document)
+    if host and _HOST.fullmatch(host) and scheme in _SCHEMES:
+        head = {key: parsed.pop(key) for key in ("swagger", "info") if key in parsed}
+        parsed = {**head, "host": host, **parsed, "schemes": [scheme]}
+    return json.dumps(parsed, separators=(",", ":")).encode()
+
+
+def rewrite_file(path: Path, info: dict[str, str] | None = None) -> None:
     """Rewrite one generated swagger file in place (same JSON layout as the generator's)."""
     document = json.loads(path.read_text(encoding="utf-8"))
-    fixed = spell_out_path_templates(document)
+    fixed = with_product_info(spell_out_path_templates(document), info or product_info())
     path.write_text(json.dumps(fixed, indent=2) + "\n", encoding="utf-8")

@@ -38,6 +38,7 @@ from medmesh.edge.status import error_body, grpc_code_for_http, status_of
 from medmesh.edge.upstreams import Call, Upstreams, forwarded_metadata
 from medmesh.edge.web import forward_grpc_web, send_trailers_only
 from medmesh.edge.webapp import WebApp
+from medmesh.openapi import with_server
 
 _log = structlog.get_logger("medmesh.edge")
 
@@ -160,7 +161,7 @@ class EdgeApp:
         grpc_web = is_grpc_web(request.header("content-type")) and request.method == "POST"
         exchange.protocol = "grpc-web" if grpc_web else "rest"
         if request.method == "GET" and request.raw_path in (HEALTH_PATH, OPENAPI_PATH):
-            await self._answer_locally(request.raw_path, exchange)
+            await self._answer_locally(request, exchange)
             return
         web = self.webapp
         if web is not None and not grpc_web and web.claims(request.method, request.raw_path):
@@ -202,26 +203,28 @@ class EdgeApp:
             return
         exchange.grpc_code = await forward_rest(call, match, self.upstreams)
 
-    async def _answer_locally(self, path: str, exchange: _Exchange) -> None:
+    async def _answer_locally(self, request: Request, exchange: _Exchange) -> None:
         """/healthz and /openapi.json: answered by the edge itself, with no token."""
-        if path == HEALTH_PATH:
+        if request.raw_path == HEALTH_PATH:
             exchange.route = "healthz"
             await self._health(exchange)
         else:
             exchange.route = "openapi"
-            await self._openapi(exchange)
+            await self._openapi(request, exchange)
 
     async def _health(self, exchange: _Exchange) -> None:
         state = "SERVING" if self.serving else "NOT_SERVING"
         body = f'{{"status":"{state}"}}'.encode()
         await send_response(exchange.send, 200 if self.serving else 503, [JSON], body)
 
-    async def _openapi(self, exchange: _Exchange) -> None:
+    async def _openapi(self, request: Request, exchange: _Exchange) -> None:
         if self.openapi is None:
             missing = status_of(grpc.StatusCode.NOT_FOUND, "no OpenAPI document in this build")
             await send_response(exchange.send, 404, [JSON], error_body(missing))
             return
-        await send_response(exchange.send, 200, [JSON], self.openapi)
+        # The server URL is the one the caller used (medmesh/openapi.py).
+        served = with_server(self.openapi, request.header("host"), request.scope.get("scheme"))
+        await send_response(exchange.send, 200, [JSON], served)
 
     async def _authorize(
         self, request: Request, request_id: str, grpc_web: bool, exchange: _Exchange
