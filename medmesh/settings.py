@@ -30,6 +30,15 @@ def _float(environ: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
 
 
+def _bool(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in {"", "0", "false", "no"}:
+        return False
+    if raw in {"1", "true", "yes"}:
+        return True
+    raise SettingsError(f"{name}={raw!r} must be true or false")
+
+
 def _int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     raw = environ.get(name)
     if raw is None or raw == "":
@@ -95,6 +104,12 @@ class Settings:
     """MEDMESH_JWT_AUDIENCE: the `aud` claim access tokens must carry."""
     smtp_url: str = ""
     """MEDMESH_SMTP_URL: `smtp://host:port` (`smtp+starttls://`, `smtps://`; user:pass@ allowed)."""
+    smtp_ca_file: str = ""
+    """MEDMESH_SMTP_CA_FILE: PEM bundle the SMTP server's certificate must chain to (STARTTLS
+    and SMTPS; the host name is checked too). Empty: the system's CAs."""
+    smtp_allow_plain_login: bool = False
+    """MEDMESH_SMTP_ALLOW_PLAIN_LOGIN: `true` lets a `smtp://user:pass@` URL log in without
+    TLS (the password crosses the network in clear). Default: such a URL is refused."""
     otlp_endpoint: str = ""
     """MEDMESH_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT): OTLP/gRPC collector, e.g. Jaeger."""
     log_level: str = "info"
@@ -134,6 +149,8 @@ class Settings:
             jwt_issuer=environ.get("MEDMESH_JWT_ISSUER", cls.jwt_issuer),
             jwt_audience=environ.get("MEDMESH_JWT_AUDIENCE", cls.jwt_audience),
             smtp_url=environ.get("MEDMESH_SMTP_URL", ""),
+            smtp_ca_file=environ.get("MEDMESH_SMTP_CA_FILE", ""),
+            smtp_allow_plain_login=_bool(environ, "MEDMESH_SMTP_ALLOW_PLAIN_LOGIN"),
             otlp_endpoint=environ.get(
                 "MEDMESH_OTLP_ENDPOINT", environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
             ),

@@ -24,7 +24,7 @@ from svc_auth.ext_authz import AuthorizationServicer, authorization_handler
 from svc_auth.gateway import Gateway
 from svc_auth.invitations import Invitations
 from svc_auth.keys import KeyRing, LocalJwks
-from svc_auth.mail import MailSender, SmtpEndpoint
+from svc_auth.mail import MailSender
 from svc_auth.passwords import PasswordHashing
 from svc_auth.ratelimit import RateLimiter
 from svc_auth.revocation import RevocationList
@@ -107,7 +107,7 @@ def _start_mail_sender(
     if not config.smtp_url:
         _log.warning("MEDMESH_SMTP_URL is unset: account mails stay queued in auth.mail_outbox")
         return lambda: None
-    sender = MailSender(database, SmtpEndpoint.parse(config.smtp_url), config.mail_from)
+    sender = MailSender(database, config.smtp_endpoint(), config.mail_from)
     sender.start()
     stack.push_async_callback(sender.stop)
     return sender.wake

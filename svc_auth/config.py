@@ -19,6 +19,7 @@ from medmesh.keyring import (
     parse_key_encryption_keys,
     require_key_encryption_keys,
 )
+from medmesh.mail import SmtpEndpoint
 from medmesh.settings import Settings, SettingsError
 
 _log = structlog.get_logger("svc_auth.config")
@@ -92,6 +93,10 @@ class AuthConfig:
     this much longer too."""
     smtp_url: str = ""
     """MEDMESH_SMTP_URL: `smtp://host:port` (or `smtp://user:pass@host:port`); empty: no mail."""
+    smtp_ca_file: str = ""
+    """MEDMESH_SMTP_CA_FILE: PEM bundle for the SMTP server's certificate (system CAs if empty)."""
+    smtp_allow_plain_login: bool = False
+    """MEDMESH_SMTP_ALLOW_PLAIN_LOGIN: allow a password over SMTP without TLS (default no)."""
     mail_from: str = "medmesh <no-reply@medmesh.local>"
     """MEDMESH_AUTH_MAIL_FROM: the From header of account mails."""
     public_url: str = "http://localhost:8080"
@@ -143,6 +148,12 @@ class AuthConfig:
         """The cipher for private keys: encrypts with the first key, decrypts with any."""
         return key_encryption_cipher(_v("KEY_ENCRYPTION_KEY"), self.key_encryption_keys)
 
+    def smtp_endpoint(self) -> SmtpEndpoint:
+        """Where account mails go; PlainLoginRefused for a password over plain SMTP."""
+        return SmtpEndpoint.parse(
+            self.smtp_url, ca_file=self.smtp_ca_file, allow_plain_login=self.smtp_allow_plain_login
+        )
+
     @classmethod
     def from_settings(cls, settings: Settings) -> AuthConfig:
         """Read MEDMESH_AUTH_* from `settings.extra`; SettingsError names a bad variable."""
@@ -168,6 +179,8 @@ class AuthConfig:
             key_max_age_s=_int(env, "KEY_MAX_AGE_S", cls.key_max_age_s),
             leeway_s=_int(env, "LEEWAY_S", cls.leeway_s),
             smtp_url=settings.smtp_url,
+            smtp_ca_file=settings.smtp_ca_file,
+            smtp_allow_plain_login=settings.smtp_allow_plain_login,
             mail_from=env.get(_v("MAIL_FROM"), cls.mail_from),
             public_url=env.get(_v("PUBLIC_URL"), cls.public_url).rstrip("/"),
             rate_per_user=_rate(env, "RATE_LIMIT_USER", cls.rate_per_user),

@@ -79,7 +79,7 @@ async def setup(settings: Settings, stack: AsyncExitStack) -> ServiceParts:
         log.warning("MEDMESH_SMTP_URL is unset: no 'report ready' mails are sent")
     notifier = ReportNotifier(
         database,
-        SmtpEndpoint.parse(settings.smtp_url) if settings.smtp_url else None,
+        SmtpEndpoint.from_settings(settings) if settings.smtp_url else None,
         sender=config.mail_from,
         subject=config.mail_subject,
         public_url=config.public_url,
