@@ -35,6 +35,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 
+from medmesh.jetstream_metrics import ConsumerInfoPoller
+
 log = structlog.get_logger(__name__)
 
 BatchHandler = Callable[[Sequence[Msg]], Awaitable[None]]
@@ -105,6 +107,8 @@ class PullConsumer:
         self._heartbeat_s = min(waits) / 3 if waits else 0.0
         self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
+        # Queue depth and rates on /metrics (medmesh.jetstream_metrics).
+        self._info = ConsumerInfoPoller(js, stream, self.durable)
 
     @property
     def running(self) -> bool:
@@ -123,6 +127,7 @@ class PullConsumer:
             await self._js.add_consumer(self.stream, self._config)
         self._sub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         self._task = asyncio.create_task(self._run(self._sub), name=f"consumer-{self.name}")
+        self._info.start()
         stack.push_async_callback(self.stop)
 
     async def stop(self) -> None:
@@ -143,6 +148,7 @@ class PullConsumer:
                 # Raises when the connection is already closed or draining: nothing to undo.
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+            await self._info.stop()
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
         try:

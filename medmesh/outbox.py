@@ -149,7 +149,8 @@ class Outbox:
         ids, subjects, payloads, all_headers = [], [], [], []
         for subject, message, msg_id, headers in messages:
             carried = dict(headers or {})
-            propagate.inject(carried)
+            if "traceparent" not in carried:  # a caller may name the parent (a batch's job)
+                propagate.inject(carried)
             ids.append(msg_id or uuid.uuid4())
             subjects.append(subject)
             payloads.append(message if isinstance(message, bytes) else bytes(message))

@@ -18,6 +18,7 @@ from medmesh.cache import open_redis
 from medmesh.db import Database
 from medmesh.jetstream import Topology, connect_nats, ensure_topology
 from medmesh.objects import ObjectStore
+from medmesh.pool_metrics import watch_database
 from medmesh.settings import Settings
 
 
@@ -29,7 +30,9 @@ async def open_database(settings: Settings, stack: AsyncExitStack) -> Database:
         read_url=settings.postgres_read_url or None,
         application_name=f"medmesh-{settings.service}",
     )
-    return await stack.enter_async_context(database)
+    await stack.enter_async_context(database)
+    watch_database(f"medmesh-{settings.service}", database)  # pool use on /metrics
+    return database
 
 
 async def open_cache(settings: Settings, stack: AsyncExitStack) -> Redis:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import grpc
 import structlog
-from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
 
 from medmesh.auth import (
     AuthInterceptor,
@@ -36,7 +35,12 @@ from medmesh.migrations import apply_migrations
 from medmesh.resources import open_cache
 from medmesh.server import GrpcServer
 from medmesh.settings import Settings, SettingsError
-from medmesh.telemetry import configure_logging, configure_tracing, start_metrics_endpoint
+from medmesh.telemetry import (
+    configure_logging,
+    configure_tracing,
+    instrument_libraries,
+    start_metrics_endpoint,
+)
 
 _log = structlog.get_logger("medmesh.runtime")
 
@@ -111,9 +115,8 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run one service until `stop` is set (default: SIGTERM/SIGINT), then shut down cleanly."""
-    instrumentor = GrpcAioInstrumentorServer()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument()  # patches grpc.aio.server: must precede server creation
+    # Patches grpc.aio.server / channels and psycopg's connect: must precede their creation.
+    instrument_libraries()
     stop = stop or termination_event()
     await apply_service_migrations(settings, migrations)
     async with AsyncExitStack() as stack:

@@ -1,19 +1,36 @@
-"""Telemetry set up once per process: structlog JSON logs carrying trace ids, OpenTelemetry
-tracing exported over OTLP, and a Prometheus `/metrics` endpoint."""
+"""Telemetry set up once per process: structlog JSON logs carrying trace ids (the stdlib logs
+of libraries too), OpenTelemetry tracing exported over OTLP with gRPC, PostgreSQL and Redis
+instrumented, the trace context carried across JetStream, and a Prometheus `/metrics` endpoint.
+
+One study is one trace: the UploadFile server span → the outbox row (its headers keep the
+context) → the relay's `send` span → svc_infer's per-job `process` span (the batch span of a
+micro-batch has a link to every job's producer instead of a parent) → the ResultReady /
+StudyResultsReady rows written with that job's context → svc_report's `process` spans → the
+report-ready mail's span.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from prometheus_client import start_http_server
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, Span, SpanKind
+from prometheus_client import Histogram, start_http_server
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -21,6 +38,16 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+DB_QUERY_SECONDS = Histogram(
+    "medmesh_db_query_seconds",
+    "Duration of one PostgreSQL statement (from the psycopg client spans), by its verb.",
+    ["operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+_SQL_VERBS = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "COMMIT", "ROLLBACK", "LISTEN"}
+)
 
 
 def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -33,16 +60,36 @@ def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def configure_logging(service: str, level: str = "info") -> None:
-    """JSON lines on stdout (Filebeat ships them): one object per event, with trace ids."""
+    """JSON lines on stdout (Filebeat ships them): one object per event, with trace ids.
+
+    Libraries that log through the stdlib (grpc, nats, yoyo, psycopg_pool) are rendered by the
+    same processors (structlog's ProcessorFormatter): their lines are JSON with the same keys,
+    plus `logger`, and carry the trace ids of the span they were logged in.
+    """
     numeric = _LEVELS.get(level, logging.INFO)
-    # Libraries that use stdlib logging (grpc, nats, yoyo) go through the same JSON renderer.
-    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=numeric, force=True)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_trace_ids,
+    ]
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _add_trace_ids,
+            *shared,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
@@ -53,9 +100,60 @@ def configure_logging(service: str, level: str = "info") -> None:
     structlog.contextvars.bind_contextvars(service=service)
 
 
+class _BackgroundCallsUnsampled(Sampler):
+    """Root sampler: a client call (PostgreSQL, Redis, gRPC) made outside any request or job —
+    the outbox relay's polls and pruning, key refreshes, health pings — is recorded (the
+    query-time metrics see it) but not exported, so Jaeger is not flooded with one-span traces
+    every second. Every other root span (a server span, a job's consumer span) is sampled.
+    The instrumentations set their attributes after the sampler ran, so the kind decides."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        background = kind == SpanKind.CLIENT
+        return SamplingResult(
+            Decision.RECORD_ONLY if background else Decision.RECORD_AND_SAMPLE, attributes
+        )
+
+    def get_description(self) -> str:
+        return "BackgroundCallsUnsampled"
+
+
+class _QueryTimeMetrics(SpanProcessor):
+    """Feeds `medmesh_db_query_seconds` from the psycopg instrumentation's client spans."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        attributes = span.attributes or {}
+        system = attributes.get("db.system.name", attributes.get("db.system"))
+        if system != "postgresql" or span.start_time is None or span.end_time is None:
+            return
+        verb = span.name.split(" ", 1)[0].upper()
+        DB_QUERY_SECONDS.labels(verb if verb in _SQL_VERBS else "OTHER").observe(
+            (span.end_time - span.start_time) / 1e9
+        )
+
+
+def new_tracer_provider(service: str) -> TracerProvider:
+    """A tracer provider with medmesh's sampler and the query-time metrics processor; spans
+    are exported by whatever processors the caller adds."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"medmesh-{service}"}),
+        sampler=ParentBased(root=_BackgroundCallsUnsampled()),
+    )
+    provider.add_span_processor(_QueryTimeMetrics())
+    return provider
+
+
 def configure_tracing(service: str, otlp_endpoint: str) -> TracerProvider:
     """Install the process's tracer provider; spans go to `otlp_endpoint` when one is set."""
-    provider = TracerProvider(resource=Resource.create({"service.name": f"medmesh-{service}"}))
+    provider = new_tracer_provider(service)
     if otlp_endpoint:
         # Imported lazily: the exporter pulls in its own gRPC channel machinery.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -65,6 +163,59 @@ def configure_tracing(service: str, otlp_endpoint: str) -> TracerProvider:
         )
     trace.set_tracer_provider(provider)
     return provider
+
+
+def instrument_libraries() -> None:
+    """Spans for gRPC (server and aio client), PostgreSQL (psycopg) and Redis calls.
+
+    Idempotent. Call it before the gRPC server, channels and pools are created: the gRPC
+    instrumentors patch the constructors, psycopg's patches `connect`.
+    """
+    from opentelemetry.instrumentation.grpc import (
+        GrpcAioInstrumentorClient,
+        GrpcAioInstrumentorServer,
+    )
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    instrumentors: list[Any] = [
+        GrpcAioInstrumentorServer(),
+        GrpcAioInstrumentorClient(),
+        PsycopgInstrumentor(),
+        RedisInstrumentor(),
+    ]
+    for instrumentor in instrumentors:
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
+
+
+# --- JetStream: joining the producer's trace ---------------------------------------------------
+
+
+def message_context(headers: Mapping[str, str] | None) -> Context:
+    """The producer's trace context carried in a message's headers (W3C `traceparent`)."""
+    return propagate.extract(dict(headers or {}))
+
+
+def producer_links(headers: Iterable[Mapping[str, str] | None]) -> list[Link]:
+    """A link to each message's producer span (those that carry one), for a batch span."""
+    links = []
+    for carried in headers:
+        span_context = trace.get_current_span(message_context(carried)).get_span_context()
+        if span_context.is_valid:
+            links.append(Link(span_context))
+    return links
+
+
+def trace_headers(span: Span) -> dict[str, str]:
+    """W3C headers (`traceparent`, `tracestate`) that make `span` the parent of what a
+    consumer of the message does (outbox rows written on a job's behalf)."""
+    carried: dict[str, str] = {}
+    propagate.inject(carried, context=trace.set_span_in_context(span))
+    return carried
+
+
+# --- Prometheus -------------------------------------------------------------------------------
 
 
 @dataclass

@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -78,6 +78,9 @@ class Delivery:
     """time.time() when the worker took the job."""
     version: int = 0
     arm: TrafficArm = TrafficArm.UNSPECIFIED
+    trace_headers: dict[str, str] = field(default_factory=dict)
+    """W3C headers of this job's `process` span: the events written for its result carry them,
+    so the study's trace goes on past a batch (medmesh.telemetry)."""
 
 
 @dataclass

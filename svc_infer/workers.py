@@ -27,6 +27,7 @@ from datetime import datetime
 
 import structlog
 from nats.aio.msg import Msg
+from opentelemetry import trace
 
 from gen.medmesh.common.v1 import AnalysisKind, FileKind
 from gen.medmesh.events.v1 import InferenceJob
@@ -36,6 +37,7 @@ from medmesh.errors import DomainError
 from medmesh.jetstream import ConsumerSpec
 from medmesh.resources import JetStream
 from medmesh.settle import Attempt, Settler
+from medmesh.telemetry import message_context, producer_links, trace_headers
 from svc_infer import dead_letter_store, metrics, store
 from svc_infer.config import InferConfig
 from svc_infer.pipeline import Delivery, ImagePipeline, Outcome, TextPipeline, describe, queue_ms
@@ -43,6 +45,7 @@ from svc_infer.routing import Registry
 from svc_infer.writer import ResultWriter
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 IDLE_FETCH_TIMEOUT_S = 1.0
 STOP_GRACE_S = 10.0
@@ -110,11 +113,45 @@ class JobConsumer:
             await self._consumer.stop()
 
     async def _handle(self, messages: Sequence[Msg]) -> None:
+        """One micro-batch under a batch span linked to every job's producer; each job also
+        gets a `process` span in its producer's trace (ended once the job is settled)."""
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": self.spec.filter_subject,
+            "messaging.consumer.group.name": self.spec.durable,
+        }
+        with _tracer.start_as_current_span(
+            f"process {self.spec.filter_subject} batch",
+            kind=trace.SpanKind.CONSUMER,
+            links=producer_links(m.headers for m in messages),
+            attributes={**attributes, "messaging.batch.message_count": len(messages)},
+        ) as batch:
+            spans = [
+                _tracer.start_span(
+                    f"process {m.subject}",
+                    context=message_context(m.headers),
+                    kind=trace.SpanKind.CONSUMER,
+                    links=[trace.Link(batch.get_span_context())],
+                    attributes=attributes,
+                )
+                for m in messages
+            ]
+            try:
+                await self._handle_batch(messages, spans)
+            finally:
+                for span in spans:
+                    span.end()
+
+    async def _handle_batch(self, messages: Sequence[Msg], spans: Sequence[trace.Span]) -> None:
         started = time.time()
         deliveries: list[Delivery] = []
-        for msg in messages:
+        for msg, span in zip(messages, spans, strict=True):
             delivery = await self._accept(msg, started)
             if delivery is not None:
+                delivery.trace_headers = trace_headers(span)
+                span.set_attribute("medmesh.study_id", delivery.job.study_id)
+                span.set_attribute("medmesh.job_id", delivery.job.job_id)
                 deliveries.append(delivery)
         with contextlib.suppress(Exception):
             metrics.QUEUE_PENDING.labels(self.spec.durable).set(messages[-1].metadata.num_pending)
@@ -195,7 +232,9 @@ class JobConsumer:
                 outcomes += [Outcome(d, error=describe(exc)) for d in group]
         drafts = [o.draft for o in outcomes if o.draft is not None]
         try:
-            await self._writer.commit(drafts)
+            await self._writer.commit(
+                drafts, trace_headers={d.job.job_id: d.trace_headers for d in deliveries}
+            )
         except Exception as exc:  # noqa: BLE001 - nothing was stored: retry every draft
             log.warning("consumer.commit_failed", error=describe(exc))
             outcomes = [

@@ -13,7 +13,7 @@ this commit returns.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from gen.medmesh.events.v1 import (
@@ -46,9 +46,17 @@ class ResultWriter:
         self._topology = topology
         self._cache = cache
 
-    async def commit(self, drafts: Sequence[ResultDraft]) -> list[StoredResult]:
+    async def commit(
+        self,
+        drafts: Sequence[ResultDraft],
+        *,
+        trace_headers: Mapping[str, dict[str, str]] | None = None,
+    ) -> list[StoredResult]:
         """Store the drafts (a draft whose file + version has a result already is skipped),
         announce results and completed studies, then cache. Returns the new results.
+
+        `trace_headers` by job id: each event is written in the trace of the job it announces
+        (a study's in that of its last job here), not in the batch's.
 
         A fixed number of round trips per batch, whatever its size: one INSERT for the
         results, two statements to lock and read the batch's studies, then the events,
@@ -63,8 +71,11 @@ class ResultWriter:
             complete = {
                 study_id: p for study_id, p in sorted(progress.items()) if p.newly_complete()
             }
-            events = [self._result_event(row) for row in stored] + [
-                self._study_event(study_id, study, ordered) for study_id, study in complete.items()
+            carried = trace_headers or {}
+            events = [self._result_event(row, carried.get(row.draft.job_id)) for row in stored]
+            events += [
+                self._study_event(study_id, study, ordered, carried)
+                for study_id, study in complete.items()
             ]
             async with conn.pipeline():
                 await self._outbox.enqueue_many(conn, events)
@@ -82,7 +93,7 @@ class ResultWriter:
         await self._cache.put_results([result_to_proto(r) for r in stored])
         return stored
 
-    def _result_event(self, row: StoredResult) -> OutboxEntry:
+    def _result_event(self, row: StoredResult, headers: dict[str, str] | None) -> OutboxEntry:
         draft = row.draft
         event_id = uuid.uuid4()
         event = ResultReady(
@@ -97,12 +108,24 @@ class ResultWriter:
             model_version=draft.model_version,
             event_time=row.create_time,
         )
-        return (self._topology.result_ready_subject, event, event_id, None)
+        return (self._topology.result_ready_subject, event, event_id, headers)
 
     def _study_event(
-        self, study_id: str, progress: StudyProgress, drafts: Sequence[ResultDraft]
+        self,
+        study_id: str,
+        progress: StudyProgress,
+        drafts: Sequence[ResultDraft],
+        trace_headers: Mapping[str, dict[str, str]],
     ) -> OutboxEntry:
         clinic_id = next(d.clinic_id for d in drafts if d.study_id == study_id)
+        headers = next(
+            (
+                trace_headers[d.job_id]
+                for d in reversed(drafts)
+                if d.study_id == study_id and d.job_id in trace_headers
+            ),
+            None,
+        )
         event_id = uuid.uuid4()
         event = StudyResultsReady(
             event_id=str(event_id),
@@ -111,7 +134,12 @@ class ResultWriter:
             result_ids=list(progress.result_ids),
             event_time=datetime.now(UTC),
         )
-        return (self._topology.study_event_subject(RESULTS_READY_STATUS), event, event_id, None)
+        return (
+            self._topology.study_event_subject(RESULTS_READY_STATUS),
+            event,
+            event_id,
+            headers,
+        )
 
 
 def _audit_of(row: StoredResult) -> tuple[str, str, str, dict[str, object]]:

@@ -20,6 +20,7 @@ from email.message import EmailMessage
 
 import jinja2
 import structlog
+from opentelemetry import trace
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from medmesh.db import Database
@@ -30,6 +31,7 @@ from svc_report.model import ReportRecord
 from svc_report.render import AI_NOTICE
 
 log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 SUBJECT = "medmesh: a diagnostic report is ready"
 
@@ -90,7 +92,17 @@ class ReportNotifier:
         )
 
     async def notify(self, report: ReportRecord, *, last_attempt: bool) -> Outcome:
-        """Send the mails once; the outcome settles the report job."""
+        """Send the mails once (under a `notify report-ready` span, the end of a study's
+        trace); the outcome settles the report job."""
+        with _tracer.start_as_current_span(
+            "notify report-ready",
+            attributes={"medmesh.study_id": report.study_id, "medmesh.report_id": report.report_id},
+        ) as span:
+            outcome = await self._notify(report, last_attempt=last_attempt)
+            span.set_attribute("medmesh.outcome", type(outcome).__name__)
+            return outcome
+
+    async def _notify(self, report: ReportRecord, *, last_attempt: bool) -> Outcome:
         if self._endpoint is None:
             await self._record(report, "MEDMESH_SMTP_URL is unset: no mail sent")
             return Done()
