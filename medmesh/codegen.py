@@ -1,5 +1,9 @@
 """Generate `gen/` from the proto contract: `python -m medmesh.codegen [--check | --breaking]`.
 
+`--breaking` runs `buf breaking` (FILE rules) on proto/ against the newest committed release
+image, `proto/releases/vX.Y.Z.binpb` (made by `--release vX.Y.Z` from HEAD's contract; a file,
+not a git tag, so that a shallow clone in CI can check it).
+
 `gen/` is committed and never edited by hand. It holds the betterproto2 packages (typed
 messages + grpcio sync client stubs; `gen.medmesh.<area>.v1`, plus `gen.google.protobuf` and
 `gen.google.api` because the betterproto2 runtime ships no well-known types) and the descriptor
@@ -20,6 +24,7 @@ import filecmp
 import importlib.util
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,7 +54,10 @@ GOOGLEAPIS_PROTOS = (
 WEB_DIR = REPO_ROOT / "web"
 NODE_BIN_DIR = WEB_DIR / "node_modules" / ".bin"
 TS_PLUGIN = "protoc-gen-es"
-BREAKING_BRANCH = "main"
+# Release images of the contract (`python -m medmesh.codegen --release vX.Y.Z`, committed):
+# `--breaking` checks the working tree against the newest.
+RELEASES_DIR = REPO_ROOT / "proto" / "releases"
+RELEASE_NAME = re.compile(r"v(\d+)\.(\d+)\.(\d+)\.binpb")
 # Byproducts of importing or testing gen/ that are not generated output.
 IGNORED_NAMES = frozenset({"__pycache__"})
 
@@ -251,63 +259,84 @@ def git(*args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-def main_has_contract() -> bool:
-    """Whether branch main has a committed buf.yaml and files under proto/."""
-    listing = git("ls-tree", "-r", "--name-only", BREAKING_BRANCH, "--", "buf.yaml", "proto")
-    names = listing.stdout.decode().split()
-    return listing.returncode == 0 and "buf.yaml" in names and len(names) > 1
+def _release_key(path: Path) -> tuple[int, ...]:
+    match = RELEASE_NAME.fullmatch(path.name)
+    return tuple(int(n) for n in match.groups()) if match else ()
 
 
-def checkout_main_contract(workdir: Path) -> Path:
-    """Write branch main's buf workspace into `workdir` and return its root.
+def releases(directory: Path = RELEASES_DIR) -> list[Path]:
+    """The release images `proto/releases/vX.Y.Z.binpb`, oldest first."""
+    return sorted((p for p in directory.glob("v*.binpb") if _release_key(p)), key=_release_key)
 
-    `buf breaking --against '.git#branch=main'` cannot build main on its own: buf.yaml names
-    the `third_party` module, which is never committed. So main's buf.yaml and proto/ are
-    taken with `git archive` and the googleapis protos copied next to them; buf compares the
-    two workspaces module by module.
+
+def build_release(version: str, directory: Path = RELEASES_DIR) -> Path:
+    """Write the contract of commit HEAD as `directory/<version>.binpb` (never overwritten).
+
+    The image is HEAD's committed buf.yaml and proto/ (taken with `git archive`, so edits not
+    yet committed stay out), built as the `proto` module with its imports and without source
+    info: what `buf breaking` needs, small enough to commit, and checkable from a shallow clone.
     """
-    archive = git("archive", "--format=tar", BREAKING_BRANCH, "--", "buf.yaml", "proto")
+    if not RELEASE_NAME.fullmatch(f"{version}.binpb"):
+        raise CodegenError(f"a release is named vMAJOR.MINOR.PATCH, not {version!r}")
+    target = directory / f"{version}.binpb"
+    if target.exists():
+        raise CodegenError(f"{target.relative_to(REPO_ROOT)} exists: a release is never rebuilt")
+    archive = git("archive", "--format=tar", "HEAD", "--", "buf.yaml", "proto/medmesh")
     if archive.returncode != 0:
-        raise CodegenError(f"git archive {BREAKING_BRANCH} failed:\n{archive.stderr.decode()}")
-    baseline = workdir / BREAKING_BRANCH
-    baseline.mkdir()
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(baseline, filter="data")
-    copy_googleapis_protos(baseline / THIRD_PARTY_DIR.name)
-    return baseline
+        raise CodegenError(f"git archive HEAD failed:\\n{archive.stderr.decode()}")
+    with tempfile.TemporaryDirectory(prefix="medmesh-release-") as workdir:
+        root = Path(workdir)
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(root, filter="data")
+        copy_googleapis_protos(root / THIRD_PARTY_DIR.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        run_buf("build", "proto", "--exclude-source-info", "--output", str(target), cwd=root)
+    return target
 
 
-def breaking() -> int:
-    """Run `buf breaking` (FILE rules) against branch main; skip when main has no contract."""
-    if not main_has_contract():
-        print(
-            f"buf breaking skipped: branch {BREAKING_BRANCH} has no committed buf.yaml and proto/",
-            file=sys.stderr,
-        )
-        return 0
+def breaking(root: Path = REPO_ROOT, against: Path | None = None) -> int:
+    """Run `buf breaking` (FILE rules) on the `proto` module of `root` against the last release
+    image (proto/releases/); skip, saying so, when there is none. Returns the exit status."""
+    if against is None:
+        known = releases()
+        if not known:
+            print("buf breaking skipped: no release image in proto/releases/", file=sys.stderr)
+            return 0
+        against = known[-1]
     try:
-        copy_googleapis_protos()
-        with tempfile.TemporaryDirectory(prefix="medmesh-breaking-") as workdir:
-            against = checkout_main_contract(Path(workdir))
-            run_buf("breaking", str(REPO_ROOT), "--against", str(against))
+        copy_googleapis_protos(root / THIRD_PARTY_DIR.name)
+        run_buf("breaking", "proto", "--against", str(against), cwd=root)
     except CodegenError as error:
         print(error, file=sys.stderr)
         return 1
-    print(f"buf breaking: no breaking changes against {BREAKING_BRANCH}", file=sys.stderr)
+    print(f"buf breaking: no breaking changes against {against.stem}", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: generate, `--check` for staleness, or `--breaking` against main."""
+    """Command line: generate, `--check` for staleness, `--breaking` against the last release,
+    or `--release vX.Y.Z` to commit HEAD's contract as a release image."""
     parser = argparse.ArgumentParser(prog="python -m medmesh.codegen", description=__doc__)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="fail if gen/ is stale")
     mode.add_argument(
-        "--breaking", action="store_true", help=f"buf breaking against branch {BREAKING_BRANCH}"
+        "--breaking",
+        action="store_true",
+        help="buf breaking against the newest image in proto/releases/",
+    )
+    mode.add_argument(
+        "--release", metavar="VERSION", help="write HEAD's contract to proto/releases/VERSION.binpb"
     )
     args = parser.parse_args(argv)
     if args.breaking:
         return breaking()
+    if args.release:
+        try:
+            print(build_release(args.release).relative_to(REPO_ROOT))
+        except CodegenError as error:
+            print(error, file=sys.stderr)
+            return 2
+        return 0
     return generate(check=args.check)
 
 
