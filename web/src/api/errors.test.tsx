@@ -2,10 +2,10 @@
 // google.rpc.BadRequest details in grpc-status-details-bin) and as the screens show them.
 import { create, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
-import { AnySchema, anyPack } from "@bufbuild/protobuf/wkt";
+import { AnySchema, anyPack, type Any } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { fireEvent, screen, waitFor } from "@testing-library/react";
-import { BadRequestSchema } from "@gen/google/rpc/error_details_pb";
+import { BadRequestSchema, QuotaFailureSchema } from "@gen/google/rpc/error_details_pb";
 import { ErrorNotice } from "../components/ErrorNotice";
 import { ResetPasswordPage } from "../pages/ResetPassword";
 import { StudiesPage } from "../pages/Studies";
@@ -16,15 +16,19 @@ import { toDisplayError } from "./errors";
 const noTokens = { accessToken: () => "", refresh: async () => false };
 
 /** google.rpc.Status bytes, as the services put them in grpc-status-details-bin. */
+function statusBytes(code: number, message: string, detail: Any): string {
+  const writer = new BinaryWriter();
+  writer.tag(1, WireType.Varint).int32(code);
+  writer.tag(2, WireType.LengthDelimited).string(message);
+  writer.tag(3, WireType.LengthDelimited).bytes(toBinary(AnySchema, detail));
+  return btoa(String.fromCharCode(...writer.finish())).replace(/=+$/, "");
+}
+
 function statusDetails(code: number, message: string, violations: [string, string][]): string {
   const badRequest = create(BadRequestSchema, {
     fieldViolations: violations.map(([field, description]) => ({ field, description })),
   });
-  const writer = new BinaryWriter();
-  writer.tag(1, WireType.Varint).int32(code);
-  writer.tag(2, WireType.LengthDelimited).string(message);
-  writer.tag(3, WireType.LengthDelimited).bytes(toBinary(AnySchema, anyPack(BadRequestSchema, badRequest)));
-  return btoa(String.fromCharCode(...writer.finish())).replace(/=+$/, "");
+  return statusBytes(code, message, anyPack(BadRequestSchema, badRequest));
 }
 
 function frame(flag: number, payload: Uint8Array): Uint8Array {
@@ -84,6 +88,25 @@ describe("errors from the edge", () => {
     expect(screen.getByRole("alert").textContent).toContain("Проверьте отмеченные поля.");
     const sent = fetchImpl.mock.calls[0] as unknown as [string, RequestInit];
     expect(sent[0]).toBe("http://edge.test/medmesh.auth.v1.AuthService/ResetPassword");
+  });
+
+  it("names the clinic quota a RESOURCE_EXHAUSTED hit, not 'too many requests'", async () => {
+    const quota = create(QuotaFailureSchema, {
+      violations: [{ subject: "clinics/demo-clinic/pendingUploads", description: "at most 50 uploads in progress; 50 are" }],
+    });
+    const details = statusBytes(8, "quota exceeded", anyPack(QuotaFailureSchema, quota));
+    const fetchImpl = vi.fn(async () => grpcWebError({ "grpc-status": "8", "grpc-message": "quota exceeded", "grpc-status-details-bin": details }));
+    const api = createApi(noTokens, "http://edge.test", fetchImpl);
+    const error = await api.ingest.listStudies({}).then(
+      () => expect.fail("RESOURCE_EXHAUSTED expected"),
+      toDisplayError,
+    );
+    expect(error.quotas).toEqual(["clinics/demo-clinic/pendingUploads: at most 50 uploads in progress; 50 are"]);
+    renderWith(<ErrorNotice error={error} />, api, "ru");
+    const alert = screen.getByRole("alert").textContent ?? "";
+    expect(alert).toContain("Достигнут лимит клиники");
+    expect(alert).toContain("clinics/demo-clinic/pendingUploads: at most 50 uploads in progress; 50 are");
+    expect(alert).not.toContain("Слишком много запросов");
   });
 
   it("lists violations that no field of the form claims", () => {

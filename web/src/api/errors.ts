@@ -1,8 +1,9 @@
 // Server errors as the UI shows them: a status code, a message, and google.rpc.BadRequest
 // field violations (decoded from grpc-status-details-bin) keyed by the request field they
-// name, so that a form can put each one next to its input.
+// name, so that a form can put each one next to its input, and google.rpc.QuotaFailure
+// violations (which clinic quota a RESOURCE_EXHAUSTED hit).
 import { Code, ConnectError } from "@connectrpc/connect";
-import { BadRequestSchema } from "@gen/google/rpc/error_details_pb";
+import { BadRequestSchema, QuotaFailureSchema } from "@gen/google/rpc/error_details_pb";
 
 export interface DisplayError {
   code: Code;
@@ -10,6 +11,8 @@ export interface DisplayError {
   message: string;
   /** Field path (`email`, `metadata.size_bytes`) → descriptions, from BadRequest. */
   fields: Readonly<Record<string, readonly string[]>>;
+  /** Quotas exceeded (`clinics/x/pendingUploads: at most 50 …`); absent when none. */
+  quotas?: readonly string[];
 }
 
 export function toDisplayError(error: unknown): DisplayError {
@@ -20,7 +23,11 @@ export function toDisplayError(error: unknown): DisplayError {
       (fields[violation.field] ??= []).push(violation.description);
     }
   }
-  return { code: connectError.code, message: connectError.rawMessage, fields };
+  const quotas = connectError
+    .findDetails(QuotaFailureSchema)
+    .flatMap((detail) => detail.violations.map((v) => `${v.subject}: ${v.description}`));
+  const shown: DisplayError = { code: connectError.code, message: connectError.rawMessage, fields };
+  return quotas.length > 0 ? { ...shown, quotas } : shown;
 }
 
 /** True for errors worth retrying by themselves: the service is (briefly) unreachable. */

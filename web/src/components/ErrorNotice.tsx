@@ -24,6 +24,20 @@ export function ErrorNotice({
     );
   }
   if (!error) return null;
+  const quotas = error.quotas ?? [];
+  if (quotas.length > 0) {
+    // A clinic quota, not a rate limit: waiting a moment will not help, so say which quota.
+    return (
+      <div className="notice notice-error" role="alert" data-testid="error">
+        <strong>{t("error.quota")}</strong>
+        <ul className="notice-list">
+          {quotas.map((line) => (
+            <li key={line}>{line}</li>
+          ))}
+        </ul>
+      </div>
+    );
+  }
   const key = (KNOWN_CODES.has(error.code) ? `error.code.${error.code}` : "error.code.other") as MessageKey;
   const extra = unclaimedViolations(error, claimed);
   return (

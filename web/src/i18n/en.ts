@@ -26,6 +26,7 @@ export const en = {
   "error.code.14": "Service unavailable, retrying…",
   "error.code.16": "Please sign in again.",
   "error.code.other": "The request failed.",
+  "error.quota": "A limit of your clinic is reached; an administrator can free space or raise it.",
   "error.notFoundPage": "There is no page at this address.",
 
   "signIn.title": "Sign in",

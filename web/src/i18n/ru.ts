@@ -27,6 +27,7 @@ export const ru: Record<MessageKey, string> = {
   "error.code.14": "Сервис недоступен, повторяем попытку…",
   "error.code.16": "Войдите снова.",
   "error.code.other": "Запрос не выполнен.",
+  "error.quota": "Достигнут лимит клиники; администратор может освободить место или увеличить лимит.",
   "error.notFoundPage": "По этому адресу ничего нет.",
 
   "signIn.title": "Вход",
