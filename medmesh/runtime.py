@@ -157,7 +157,12 @@ async def _jwks_verifier(
     """Verify tokens with the keys svc_auth publishes (fetched lazily, cached, refreshed), and
     honour svc_auth's deny-list (logout, disabled users) when Redis is configured."""
     settings.require("auth_addr")
-    source = GrpcJwksSource(settings.auth_addr, image=image)
+    source = GrpcJwksSource(
+        settings.auth_addr,
+        image=image,
+        ca_file=settings.jwks_ca_file,
+        allow_plaintext=settings.jwks_allow_plaintext,
+    )
     stack.push_async_callback(source.close)
     is_revoked = None
     if settings.redis_url:

@@ -97,7 +97,15 @@ class Settings:
     """MEDMESH_JOB_ACK_WAIT_S: how long a job may go without an ack or an in-progress
     heartbeat (sent every third of it while a batch is worked on) before it is redelivered."""
     auth_addr: str = ""
-    """MEDMESH_AUTH_ADDR: svc_auth's gRPC address; services fetch its JWKS to verify tokens."""
+    """MEDMESH_AUTH_ADDR: svc_auth's gRPC address; services fetch its JWKS to verify tokens.
+    `https://host:port` (or `grpcs://`) for TLS; a plaintext `host:port` is refused unless it
+    is loopback or MEDMESH_JWKS_ALLOW_PLAINTEXT is true."""
+    jwks_ca_file: str = ""
+    """MEDMESH_JWKS_CA_FILE: PEM bundle svc_auth's certificate must chain to when the JWKS is
+    fetched over TLS (the host name is checked too). Empty: the system's CAs."""
+    jwks_allow_plaintext: bool = False
+    """MEDMESH_JWKS_ALLOW_PLAINTEXT: `true` allows fetching the JWKS without TLS from a
+    non-loopback MEDMESH_AUTH_ADDR (a network you trust, e.g. a mesh that encrypts for you)."""
     jwt_issuer: str = "medmesh"
     """MEDMESH_JWT_ISSUER: the `iss` claim access tokens must carry."""
     jwt_audience: str = "medmesh"
@@ -146,6 +154,8 @@ class Settings:
             job_max_attempts=_int(environ, "MEDMESH_JOB_MAX_ATTEMPTS", cls.job_max_attempts, 1),
             job_ack_wait_s=_float(environ, "MEDMESH_JOB_ACK_WAIT_S", cls.job_ack_wait_s),
             auth_addr=environ.get("MEDMESH_AUTH_ADDR", ""),
+            jwks_ca_file=environ.get("MEDMESH_JWKS_CA_FILE", ""),
+            jwks_allow_plaintext=_bool(environ, "MEDMESH_JWKS_ALLOW_PLAINTEXT"),
             jwt_issuer=environ.get("MEDMESH_JWT_ISSUER", cls.jwt_issuer),
             jwt_audience=environ.get("MEDMESH_JWT_AUDIENCE", cls.jwt_audience),
             smtp_url=environ.get("MEDMESH_SMTP_URL", ""),
