@@ -9,6 +9,16 @@ A study's cached list must never hide a stored result. Writers bump the study's 
 counter and drop the list after their commit; a reader notes the counter before reading
 PostgreSQL and caches what it read only if the counter has not moved (WATCH/MULTI), so a list
 read before a concurrent write is not put back after it.
+
+A writer that cannot reach Redis owes the study that invalidation: Redis keeps its data
+through a restart (AOF), so the list cached before the outage would come back hiding the
+result stored during it. The owed invalidations are kept in the process and settled before
+any other cache call once Redis answers again; until then this process reads those studies
+from PostgreSQL. (Another replica may serve such a list between Redis's return and the
+owner's next cache call; a writer that dies during the outage leaves it to the TTL.)
+
+Reads are counted in `medmesh_infer_result_cache_reads_total{read, outcome}` (outcome
+`hit`, `miss` or `unavailable`, the last also a miss served from PostgreSQL).
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
@@ -26,6 +37,12 @@ log = structlog.get_logger(__name__)
 # A study list is cached whole only while it is this short; longer ones page from PostgreSQL.
 MAX_CACHED_LIST = 500
 
+CACHE_READS = Counter(
+    "medmesh_infer_result_cache_reads_total",
+    "Result cache reads by what they read (result, study) and outcome (hit, miss, unavailable).",
+    ["read", "outcome"],
+)
+
 
 class ResultCache:
     """Result messages by id and whole result lists by study, under `<namespace>:infer:`."""
@@ -34,6 +51,8 @@ class ResultCache:
         self._redis = redis
         self._prefix = f"{namespace}:infer"
         self.ttl_s = ttl_s
+        self.owed: set[tuple[str, str]] = set()
+        """(clinic, study) whose list invalidation failed (Redis down), to be settled."""
 
     def result_key(self, result_id: str) -> str:
         """The key of one cached result."""
@@ -48,13 +67,36 @@ class ResultCache:
         """The key of a study's write counter."""
         return f"{self._prefix}:study-version:{study_id}"
 
+    async def _settle_owed(self) -> bool:
+        """Apply the invalidations owed since Redis was last unreachable; False while it
+        still is."""
+        if not self.owed:
+            return True
+        owed = list(self.owed)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for clinic_id, study_id in owed:
+                    pipe.incr(self.version_key(study_id))
+                    pipe.expire(self.version_key(study_id), self.ttl_s)
+                    pipe.delete(self.study_key(clinic_id, study_id))
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("result_cache.invalidation_owed", studies=len(owed), error=str(exc))
+            return False
+        self.owed.difference_update(owed)
+        log.info("result_cache.invalidation_settled", studies=len(owed))
+        return True
+
     async def get_result(self, result_id: str) -> Result | None:
         """A cached result, or None (missing, or Redis unavailable)."""
         try:
+            await self._settle_owed()
             data = await self._redis.get(self.result_key(result_id))
         except RedisError as exc:
             log.warning("result_cache.read_failed", error=str(exc))
+            CACHE_READS.labels("result", "unavailable").inc()
             return None
+        CACHE_READS.labels("result", "hit" if data else "miss").inc()
         return Result.FromString(data) if data else None
 
     async def put_results(self, results: Sequence[Result], *, stored: bool = True) -> None:
@@ -63,7 +105,9 @@ class ResultCache:
         docstring); a read-through of an old result leaves the lists alone."""
         if not results:
             return
+        studies = {(r.clinic_id, r.study.removeprefix("studies/")) for r in results}
         try:
+            await self._settle_owed()
             async with self._redis.pipeline(transaction=False) as pipe:
                 for result in results:
                     pipe.set(self.result_key(result.result_id), bytes(result), ex=self.ttl_s)
@@ -75,14 +119,22 @@ class ResultCache:
                 await pipe.execute()
         except RedisError as exc:
             log.warning("result_cache.write_failed", error=str(exc))
+            if stored:
+                self.owed.update(studies)
 
     async def get_study(self, clinic_id: str, study_id: str) -> list[Result] | None:
         """A study's cached result list (oldest first), or None."""
         try:
+            settled = await self._settle_owed()
+            if not settled and (clinic_id, study_id) in self.owed:
+                CACHE_READS.labels("study", "unavailable").inc()
+                return None
             data = await self._redis.get(self.study_key(clinic_id, study_id))
         except RedisError as exc:
             log.warning("result_cache.read_failed", error=str(exc))
+            CACHE_READS.labels("study", "unavailable").inc()
             return None
+        CACHE_READS.labels("study", "miss" if data is None else "hit").inc()
         return list(ListResultsResponse.FromString(data).results) if data is not None else None
 
     async def study_version(self, study_id: str) -> bytes | None:
@@ -98,7 +150,7 @@ class ResultCache:
     ) -> None:
         """Cache a study's complete result list, unless a result was stored since the reader
         saw the counter `seen` (or the list is long)."""
-        if len(results) > MAX_CACHED_LIST:
+        if len(results) > MAX_CACHED_LIST or (clinic_id, study_id) in self.owed:
             return
         payload = bytes(ListResultsResponse(results=list(results)))
         version_key = self.version_key(study_id)

@@ -38,10 +38,15 @@ from gen.medmesh.ingest.v1 import (
 from medmesh.client import AsyncStub
 from medmesh.contract import DescriptorImage
 from medmesh.jetstream import Topology, publish_message
+from medmesh.launcher.postgres import PostgresServer
+from medmesh.launcher.servers import RedisServer, S3Server
 from medmesh.migrate import service_migrations
 from medmesh.objects import RAW_IMAGES, ObjectStore
 from medmesh.outbox import RelayOptions
+from medmesh.runtime import ServiceParts
 from medmesh.settings import Settings
+from svc_infer import app as infer_app
+from svc_infer.service import INFERENCE_SERVICE
 from svc_ingest.app import INGEST_SERVICE, build
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +134,30 @@ class ServiceProcess:
                 await self.process.wait()
         except TimeoutError:
             await self.kill9()
+
+
+class KeepsItsPort:
+    """A dependency server that comes back on the same port with the same data when it is
+    stopped and started again (clients reconnect to the same URL)."""
+
+    port: int
+
+    def allocate_ports(self) -> None:
+        """Keep the first port on restarts."""
+        if not self.port:
+            super().allocate_ports()  # type: ignore[misc]
+
+
+class RestartablePostgres(KeepsItsPort, PostgresServer):
+    """PostgreSQL of a test's own."""
+
+
+class RestartableRedis(KeepsItsPort, RedisServer):
+    """Redis of a test's own (its AOF keeps the data through a stop)."""
+
+
+class RestartableS3(KeepsItsPort, S3Server):
+    """The S3 emulator of a test's own (objects are files in its folder)."""
 
 
 @dataclass
@@ -288,6 +317,41 @@ async def running_ingest(
         grpc.aio.insecure_channel(ready["grpc"]) as channel,
     ):
         yield AsyncStub(channel, INGEST_SERVICE, image)
+
+
+@asynccontextmanager
+async def running_infer(
+    stack: FaultStack, tokens: TokenFactory, extra: dict[str, str], **urls: str
+) -> AsyncIterator[tuple[AsyncStub, Settings]]:
+    """svc_infer (RPCs and workers) in this process, tokens from the test key, on the test's
+    dependencies or those given (`redis_url=`, `s3_url=`, ...); `extra` adds MEDMESH_INFER_*."""
+    env = stack.base_env
+    settings = Settings(
+        service="infer",
+        ready_file=stack.tmp_path / "infer-inprocess.ready.json",
+        metrics_addr="",
+        postgres_url=urls.get("postgres_url", env["MEDMESH_POSTGRES_URL"]),
+        redis_url=urls.get("redis_url", env["MEDMESH_REDIS_URL"]),
+        nats_url=urls.get("nats_url", env["MEDMESH_NATS_URL"]),
+        s3_url=urls.get("s3_url", env["MEDMESH_S3_URL"]),
+        subject_root=stack.prefix,
+        stream_prefix=stack.prefix.upper(),
+        s3_bucket_prefix=env["MEDMESH_S3_BUCKET_PREFIX"],
+        grace_period_s=1,
+        extra=extra,
+    )
+
+    async def setup(s: Settings, exit_stack: AsyncExitStack) -> ServiceParts:
+        parts = await infer_app.setup(s, exit_stack)
+        parts.verifier = tokens.verifier()
+        return parts
+
+    image = DescriptorImage()
+    async with (
+        served(settings, setup, migrations=service_migrations("infer"), image=image) as ready,
+        grpc.aio.insecure_channel(ready["grpc"]) as channel,
+    ):
+        yield AsyncStub(channel, INFERENCE_SERVICE, image), settings
 
 
 class Clinic:

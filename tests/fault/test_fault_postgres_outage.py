@@ -14,13 +14,19 @@ from typing import Any
 
 import grpc
 import pytest
-from fault_stack import Clinic, FaultStack, infer_env, running_ingest, wait_for_count
+from fault_stack import (
+    Clinic,
+    FaultStack,
+    RestartablePostgres,
+    infer_env,
+    running_ingest,
+    wait_for_count,
+)
 from support.tokens import TokenFactory
 
 from gen.medmesh.ingest.v1 import CreateStudyRequest, CreateTextNoteRequest, GetStudyRequest
 from medmesh.db import Database
 from medmesh.errors import DependencyUnavailable
-from medmesh.launcher.postgres import PostgresServer
 from medmesh.objects import RAW_IMAGES, ObjectStore
 
 RESULTS_SQL = "SELECT count(*) FROM infer.results"
@@ -29,15 +35,6 @@ UNAVAILABLE_WITHIN_S = 4.0
 RECOVERY_WITHIN_S = 30.0
 # The pool test's acquire timeout: far longer than any answer may take while PostgreSQL is down.
 LONG_ACQUIRE_TIMEOUT_S = 120.0
-
-
-class RestartablePostgres(PostgresServer):
-    """PostgreSQL that comes back on the same port with the same data."""
-
-    def allocate_ports(self) -> None:
-        """Keep the first port on restarts (pools reconnect to the same URL)."""
-        if not self.port:
-            super().allocate_ports()
 
 
 @pytest.fixture
