@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from betterproto2 import Message
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "gen" / "medmesh.binpb"
@@ -33,8 +34,8 @@ class Method:
     name: str
     client_streaming: bool
     server_streaming: bool
-    request_type: type
-    response_type: type
+    request_type: type[Message]
+    response_type: type[Message]
 
     @property
     def path(self) -> str:

@@ -16,11 +16,10 @@ from typing import Any
 
 from betterproto2 import TYPE_MAP, TYPE_MESSAGE, Casing, Message, OutputFormat, _value_to_dict
 from google.protobuf import descriptor
+from google.protobuf.descriptor import FieldDescriptor
 
 from medmesh.edge.routes import RestMatch
 from medmesh.errors import FieldViolation, InvalidArgument
-
-FieldDescriptor = descriptor.FieldDescriptor
 
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
@@ -280,7 +279,7 @@ def _leaf(value: Any, meta: Any, field_type: Any, unwrap: Any) -> tuple[Any, boo
 
 def message_dict(message: Any) -> dict[str, Any]:
     """`message.to_dict()` (proto-JSON: lowerCamel names, defaults omitted), faster."""
-    cls = type(message)
+    cls: type[Message] = type(message)
     if cls.to_dict is not Message.to_dict:  # a well-known type with its own JSON form
         return message.to_dict()
     if message._is_pydantic():
