@@ -22,10 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from google.protobuf import text_format
-from tensorflow_serving.config import model_server_config_pb2
-
-ModelServerConfig = model_server_config_pb2.ModelServerConfig
-ModelConfig = model_server_config_pb2.ModelConfig
+from tensorflow_serving.config.model_server_config_pb2 import ModelConfig, ModelServerConfig
 
 TENSORFLOW_PLATFORM = "tensorflow"
 
