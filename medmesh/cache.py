@@ -12,6 +12,8 @@ Transport: `rediss://` speaks TLS and verifies the server's certificate and host
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -42,7 +44,7 @@ async def open_redis(
     password, an untrusted certificate). The client returns bytes (no decode_responses)
     because callers store both text and binary values.
     """
-    tls: dict[str, object] = {}
+    tls: dict[str, Any] = {}
     if url.startswith("rediss://"):
         tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
         if ca_file:

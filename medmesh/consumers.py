@@ -166,8 +166,8 @@ class PullConsumer:
             # (their unsettled messages come back after ack_wait).
             if self._in_hand:
                 _, late = await asyncio.wait(set(self._in_hand), timeout=self._stop_grace_s)
-                for batch in late:
-                    batch.cancel()
+                for late_batch in late:
+                    late_batch.cancel()
                 if late:  # bounded: a handler that swallows its cancellation cannot hang stop
                     await asyncio.wait(late, timeout=_CANCELLED_WAIT_S)
             raise

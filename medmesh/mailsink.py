@@ -11,6 +11,7 @@ with their own handlers. Never expose it: it accepts mail from anyone without au
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import signal
 import sys
@@ -27,7 +28,7 @@ class FreePortController(Controller):
 
     def _trigger_server(self) -> None:
         # The stock readiness probe connects to `self.port`, which is 0 until we read it back.
-        if self.server is not None and self.port == 0:
+        if isinstance(self.server, asyncio.Server) and self.port == 0:
             self.port = self.server.sockets[0].getsockname()[1]
         super()._trigger_server()
 

@@ -80,8 +80,8 @@ class PoolCollector(Collector):
                 pool = f"{name}-{role}"
                 for family, (_, _, key) in zip(gauges, _GAUGES, strict=True):
                     family.add_metric([pool], stats.get(key, 0))
-                for family, (_, _, key, divisor) in zip(counters, _COUNTERS, strict=True):
-                    family.add_metric([pool], stats.get(key, 0) / divisor)
+                for counter, (_, _, key, divisor) in zip(counters, _COUNTERS, strict=True):
+                    counter.add_metric([pool], stats.get(key, 0) / divisor)
         yield from gauges
         yield from counters
 

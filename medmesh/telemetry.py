@@ -237,5 +237,5 @@ def start_metrics_endpoint(addr: str) -> MetricsEndpoint | None:
         return None
     host, _, port = addr.rpartition(":")
     server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
-    bound_host, bound_port = server.server_address[:2]
+    bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
     return MetricsEndpoint(address=f"{bound_host}:{bound_port}", _server=server)

@@ -97,7 +97,9 @@ def _split_verb(template: str) -> tuple[str, str]:
 
 
 def _split_segments(path: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in path:
         if char == "{":
             depth += 1
