@@ -173,7 +173,21 @@ def _k8s_validator(kind: str, api_version: str) -> jsonschema.Validator:
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
+# Custom resources (not in kubernetes-validate's schemas): a strict schema of their own.
+CRD_SCHEMAS = {("ScaledObject", "keda.sh/v1alpha1"): "keda-scaledobject-v1alpha1.json"}
+
+
+@functools.cache
+def _crd_validator(file: str) -> jsonschema.Validator:
+    schema = json.loads((Path(__file__).parent / "schemas" / file).read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
 def validate_k8s(doc: dict[str, Any]) -> None:
     """Validate one object against the Kubernetes schema of KUBERNETES_VERSION, strictly
-    (unknown fields are errors)."""
+    (unknown fields are errors); KEDA's ScaledObject against tests/support/schemas/."""
+    crd = CRD_SCHEMAS.get((doc["kind"], doc["apiVersion"]))
+    if crd is not None:
+        _crd_validator(crd).validate(doc)
+        return
     _k8s_validator(doc["kind"], doc["apiVersion"]).validate(doc)

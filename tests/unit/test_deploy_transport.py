@@ -16,7 +16,16 @@ import pytest
 from cryptography import x509
 from cryptography.fernet import Fernet
 from cryptography.x509.verification import PolicyBuilder, Store
-from support.deploy_files import REPO, compose, compose_env, compose_env_script, generated_env
+from support.deploy_files import (
+    REPO,
+    compose,
+    compose_env,
+    compose_env_script,
+    generated_env,
+    k8s,
+    k8s_docs,
+    k8s_env,
+)
 
 from medmesh.settings import SERVICES, Settings
 
@@ -242,3 +251,64 @@ def test_every_image_has_an_explicit_version_and_the_replaced_ones_are_gone() ->
     assert not any("minio" in image for image in images.values())
     assert images["jaeger"].startswith("jaegertracing/jaeger:2.")
     assert images["seaweedfs"].startswith("chrislusf/seaweedfs:")
+
+
+# --- Kubernetes -------------------------------------------------------------------------------
+
+
+def _example_secrets() -> dict[str, dict[str, str]]:
+    return {
+        doc["metadata"]["name"]: doc["stringData"]
+        for file, doc in k8s_docs()
+        if file == "secret.example.yaml"
+    }
+
+
+def test_the_example_secrets_hold_placeholders_only_and_tls_urls() -> None:
+    secrets = _example_secrets()
+    for name, values in secrets.items():
+        for key, value in values.items():
+            assert "CHANGE-ME" in value, (name, key)  # nothing usable as a default
+    urls = secrets["medmesh-secrets"]
+    postgres = {k: v[0] for k, v in parse_qs(urlsplit(urls["postgres-url"]).query).items()}
+    assert postgres["sslmode"] == "verify-full"
+    assert urls["redis-url"].startswith("rediss://")
+    assert urls["nats-url"].startswith("tls://")
+    assert urls["s3-url"].startswith("https://")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_kubernetes_service_verifies_its_dependencies_with_the_mounted_ca(
+    service: str,
+) -> None:
+    deployment = k8s("Deployment")[f"svc-{service}"]
+    pod = deployment["spec"]["template"]["spec"]
+    secrets = _example_secrets()
+    refs = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in pod["containers"][0].get("env", [])
+        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+    ]
+    for ref in refs:  # every key a pod reads is one the example documents
+        assert ref["key"] in secrets[ref["name"]], ref
+    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") in secrets)
+    assert set(secrets[volume["secret"]["secretName"]]) == {"ca.crt"}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    assert mount["readOnly"] is True
+    ca_file = f"{mount['mountPath']}/ca.crt"
+
+    env = {
+        **{k: v for k, v in k8s_env(service).items() if not v.startswith("<secret")},
+        **{
+            e["name"]: secrets[e["valueFrom"]["secretKeyRef"]["name"]][
+                e["valueFrom"]["secretKeyRef"]["key"]
+            ]
+            for e in pod["containers"][0].get("env", [])
+            if "valueFrom" in e and e["name"].endswith("_URL")
+        },
+    }
+    settings = Settings.from_env(env, service=service)  # CA file + plaintext URL would raise
+    assert settings.redis_ca_file == ca_file
+    assert settings.nats_ca_file == ca_file
+    query = {k: v[0] for k, v in parse_qs(urlsplit(settings.postgres_url).query).items()}
+    assert query["sslrootcert"] == ca_file
