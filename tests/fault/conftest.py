@@ -34,9 +34,7 @@ async def fault_stack(
 ) -> AsyncIterator[FaultStack]:
     """The environment every service process of this test shares; every process it started
     is stopped afterwards."""
-    base_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MEDMESH_", "OTEL_"))
-    }
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDMESH_", "OTEL_"))}
     base_env.update(
         {
             "MEDMESH_POSTGRES_URL": database_url,

@@ -288,10 +288,15 @@ async def wait_for_count(
 
 @asynccontextmanager
 async def running_ingest(
-    stack: FaultStack, tokens: TokenFactory, *, nats_url: str = "", postgres_url: str = ""
+    stack: FaultStack,
+    tokens: TokenFactory,
+    *,
+    nats_url: str = "",
+    postgres_url: str = "",
+    s3_url: str = "",
 ) -> AsyncIterator[AsyncStub]:
     """svc_ingest in this process (tokens from the test key), on the test's dependencies or
-    the given NATS / PostgreSQL."""
+    the given NATS / PostgreSQL / S3."""
     env = stack.base_env
     settings = Settings(
         service="ingest",
@@ -299,7 +304,7 @@ async def running_ingest(
         metrics_addr="",
         postgres_url=postgres_url or env["MEDMESH_POSTGRES_URL"],
         nats_url=nats_url or env["MEDMESH_NATS_URL"],
-        s3_url=env["MEDMESH_S3_URL"],
+        s3_url=s3_url or env["MEDMESH_S3_URL"],
         subject_root=stack.prefix,
         stream_prefix=stack.prefix.upper(),
         s3_bucket_prefix=env["MEDMESH_S3_BUCKET_PREFIX"],

@@ -61,9 +61,7 @@ async def test_two_replicas_share_the_work_and_killing_one_of_each_loses_nothing
         "MEDMESH_JOB_ACK_WAIT_S": "2",
         "MEDMESH_REPORT_RETRY_BACKOFF_S": "0.5,1",
     }
-    report_a, report_b = (
-        fault_stack.service("report", f"report-{n}", **report_vars) for n in "ab"
-    )
+    report_a, report_b = (fault_stack.service("report", f"report-{n}", **report_vars) for n in "ab")
     starts = await asyncio.gather(*(p.start() for p in (infer_a, infer_b, report_a, report_b)))
     jobs = await enqueue_notes(fault_stack, fault_js, fault_objects, total, with_studies=True)
 
