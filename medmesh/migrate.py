@@ -22,7 +22,9 @@ def service_migrations(service: str) -> list[Migrations]:
 
 
 def migrate_all(environ: Mapping[str, str]) -> None:
-    """Bring every schema of every service up to date."""
-    settings = Settings.from_env(environ, service="medmesh")
+    """Bring every schema of every service up to date, in SERVICES order (owners of the
+    read-model views before svc_report), as MEDMESH_POSTGRES_MIGRATION_URL when set, and
+    grant each service's role (MEDMESH_<SVC>_POSTGRES_URL's user) its privileges."""
     for service in SERVICES:
+        settings = Settings.from_env(environ, service=service)
         asyncio.run(apply_service_migrations(settings, service_migrations(service)))

@@ -8,6 +8,12 @@ land in that schema. The schema must exist first, which yoyo does not do; we cre
 
 Replicas of one service start together, so the whole run holds a PostgreSQL advisory lock per
 schema (yoyo's own lock row is keyed by PID, which is 1 in every container).
+
+Who runs them: the migration role (MEDMESH_POSTGRES_MIGRATION_URL), which owns every schema;
+a service's own role may not create or alter anything (medmesh/dbroles.py). A run first reads
+the schema's history and returns at once when nothing is pending, so a service starting with
+its own role on an up-to-date schema needs no DDL rights; with pending migrations and no right
+to apply them it fails with MigrationsPending, which says what to run.
 """
 
 from __future__ import annotations
@@ -50,6 +56,10 @@ def _advisory_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+class MigrationsPending(RuntimeError):
+    """The schema has migrations to apply and this role may not apply them."""
+
+
 def _connect(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
     try:
         return psycopg.connect(database_url, autocommit=True, connect_timeout=10)
@@ -68,18 +78,41 @@ def apply_migrations(database_url: str, *, schema: str, migrations_dir: Path) ->
     if not migrations_dir.is_dir():
         raise FileNotFoundError(f"no migrations directory {migrations_dir}")
     migrations = read_migrations(str(migrations_dir))
-    with _connect(database_url) as lock_conn:
-        lock_conn.execute("SELECT pg_advisory_lock(%s)", (_advisory_key(schema),))
-        lock_conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        backend = get_backend(_yoyo_url(database_url, schema))
-        try:
-            with backend.lock():
-                pending = backend.to_apply(migrations)
-                backend.apply_migrations(pending)
-        finally:
-            backend.connection.close()
-        # Closing lock_conn releases the advisory lock.
+    wanted = {migration.id for migration in migrations}
+    if wanted <= set(_applied_ids(database_url, schema)):
+        return []  # up to date: no lock, no DDL (a service's own role gets this far)
+    try:
+        with _connect(database_url) as lock_conn:
+            lock_conn.execute("SELECT pg_advisory_lock(%s)", (_advisory_key(schema),))
+            lock_conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+            )
+            backend = get_backend(_yoyo_url(database_url, schema))
+            try:
+                with backend.lock():
+                    pending = backend.to_apply(migrations)
+                    backend.apply_migrations(pending)
+            finally:
+                backend.connection.close()
+            # Closing lock_conn releases the advisory lock.
+    except psycopg.errors.InsufficientPrivilege as exc:
+        missing = sorted(wanted - set(_applied_ids(database_url, schema)))
+        raise MigrationsPending(
+            f"schema {schema!r} has {len(missing)} migration(s) to apply ({', '.join(missing)}) "
+            "and this database role may not apply them: run `medmesh migrate` with "
+            "MEDMESH_POSTGRES_MIGRATION_URL (the migration role), or give this process that "
+            f"variable ({exc.diag.message_primary})"
+        ) from exc
     return [migration.id for migration in pending]
+
+
+def _applied_ids(database_url: str, schema: str) -> list[str]:
+    """`applied_migrations`, or [] when the history cannot be read (no schema yet, or no
+    right to read it)."""
+    try:
+        return applied_migrations(database_url, schema=schema)
+    except psycopg.errors.InsufficientPrivilege:
+        return []
 
 
 def applied_migrations(database_url: str, *, schema: str) -> list[str]:
@@ -91,7 +124,7 @@ def applied_migrations(database_url: str, *, schema: str) -> list[str]:
     with _connect(database_url) as conn:
         try:
             return [str(row[0]) for row in conn.execute(query).fetchall()]
-        except psycopg.errors.UndefinedTable:
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
             return []
 
 

@@ -30,6 +30,7 @@ from medmesh.auth import (
 )
 from medmesh.auth.interceptor import DenialHook
 from medmesh.contract import DescriptorImage
+from medmesh.dbroles import grant_service_privileges, role_of
 from medmesh.identity import RoleRules
 from medmesh.migrations import apply_migrations
 from medmesh.resources import open_cache
@@ -92,18 +93,33 @@ def _write_ready_file(path: Path, addresses: Mapping[str, str]) -> None:
 
 
 async def apply_service_migrations(settings: Settings, migrations: Sequence[Migrations]) -> None:
-    """Bring each schema up to date before serving (idempotent; yoyo locks concurrent runs)."""
+    """Bring each schema up to date before serving (idempotent; yoyo locks concurrent runs).
+
+    With MEDMESH_POSTGRES_MIGRATION_URL they run as the migration role, which then grants the
+    service's own role (the user of its postgres_url) its privileges (medmesh/dbroles.py).
+    Without it they run as postgres_url's role: a no-op check when nothing is pending."""
     if not migrations:
         return
     settings.require("postgres_url")
+    migration_url = settings.postgres_migration_url or settings.postgres_url
     for item in migrations:
         applied = await asyncio.to_thread(
             apply_migrations,
-            settings.postgres_url,
+            migration_url,
             schema=item.schema,
             migrations_dir=item.directory,
         )
         _log.info("migrations applied", schema=item.schema, applied=applied)
+    role = role_of(settings.postgres_url)
+    if settings.postgres_migration_url and role and role != role_of(migration_url):
+        await asyncio.to_thread(
+            grant_service_privileges,
+            migration_url,
+            service=settings.service,
+            role=role,
+            roles=settings.database_roles,
+        )
+        _log.info("database privileges granted", role=role)
 
 
 async def serve(

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 SERVICES: tuple[str, ...] = ("auth", "ingest", "infer", "report")
 
 T = TypeVar("T")
@@ -28,6 +31,19 @@ def _float(environ: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
+
+
+def _database_roles(environ: Mapping[str, str]) -> dict[str, str]:
+    """Service → the PostgreSQL role it connects as (see Settings.database_roles)."""
+    roles = {}
+    for service in SERVICES:
+        url = environ.get(f"MEDMESH_{service.upper()}_POSTGRES_URL", "")
+        try:
+            user = conninfo_to_dict(url).get("user") if url else None
+        except psycopg.ProgrammingError:  # a malformed URL fails where it is used, not here
+            user = None
+        roles[service] = str(user or f"medmesh_{service}")
+    return roles
 
 
 def _bool(environ: Mapping[str, str], name: str) -> bool:
@@ -65,9 +81,20 @@ class Settings:
     ready_file: Path | None = None
     """MEDMESH_READY_FILE: where the process writes its bound addresses (JSON) once SERVING."""
     postgres_url: str = ""
-    """MEDMESH_POSTGRES_URL: the primary PostgreSQL."""
+    """MEDMESH_<SERVICE>_POSTGRES_URL (e.g. MEDMESH_INFER_POSTGRES_URL), else
+    MEDMESH_POSTGRES_URL: the primary PostgreSQL, as this service's own role (`medmesh_<svc>`:
+    its schema's rows only, medmesh/dbroles.py)."""
     postgres_read_url: str = ""
-    """MEDMESH_POSTGRES_READ_URL: a read replica; reads go to the primary when unset."""
+    """MEDMESH_<SERVICE>_POSTGRES_READ_URL, else MEDMESH_POSTGRES_READ_URL: a read replica;
+    reads go to the primary when unset."""
+    postgres_migration_url: str = ""
+    """MEDMESH_POSTGRES_MIGRATION_URL: the primary as the migration role, which owns the
+    schemas; start-up migrations and grants run with it. Unset: start-up migrates with
+    postgres_url when that role may (one role for everything: tests, a quick trial), and a
+    service role on an up-to-date schema just checks its history."""
+    database_roles: Mapping[str, str] = field(default_factory=dict)
+    """The role of each service, for grants: the user of MEDMESH_<SVC>_POSTGRES_URL when set,
+    else `medmesh_<svc>`."""
     redis_url: str = ""
     """MEDMESH_REDIS_URL: `redis://[:PASSWORD@]host:port/db`, or `rediss://` for TLS."""
     redis_ca_file: str = ""
@@ -140,8 +167,12 @@ class Settings:
             grpc_addr=environ.get("MEDMESH_GRPC_ADDR", cls.grpc_addr),
             metrics_addr=environ.get("MEDMESH_METRICS_ADDR", cls.metrics_addr),
             ready_file=Path(ready) if ready else None,
-            postgres_url=environ.get("MEDMESH_POSTGRES_URL", ""),
-            postgres_read_url=environ.get("MEDMESH_POSTGRES_READ_URL", ""),
+            postgres_url=environ.get(f"{prefix}POSTGRES_URL")
+            or environ.get("MEDMESH_POSTGRES_URL", ""),
+            postgres_read_url=environ.get(f"{prefix}POSTGRES_READ_URL")
+            or environ.get("MEDMESH_POSTGRES_READ_URL", ""),
+            postgres_migration_url=environ.get("MEDMESH_POSTGRES_MIGRATION_URL", ""),
+            database_roles=_database_roles(environ),
             redis_url=environ.get("MEDMESH_REDIS_URL", ""),
             redis_ca_file=environ.get("MEDMESH_REDIS_CA_FILE", ""),
             nats_url=environ.get("MEDMESH_NATS_URL", ""),

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from support.models import model_base_dir, model_server_address  # noqa: F401 - fixtures
+from support.roles import DatabaseRoles, created_database_roles
 from support.tokens import TokenFactory
 
 from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies
@@ -70,3 +71,11 @@ def database_url(postgres_url: str) -> Iterator[str]:
 def tokens() -> TokenFactory:
     """Mints access tokens; `tokens.verifier()` is what services under test verify with."""
     return TokenFactory()
+
+
+@pytest.fixture
+def database_roles(database_url: str, name_prefix: str) -> Iterator[DatabaseRoles]:
+    """This test's database with a migration role and one role per service, as `medmesh up`
+    makes them (names prefixed: roles are cluster-wide); database and roles dropped after."""
+    with created_database_roles(database_url, name_prefix) as roles:
+        yield roles
