@@ -146,6 +146,8 @@ async def serve(
             image,
             parts.servicers,
             address=settings.grpc_addr,
+            tls_cert_file=settings.grpc_tls_cert_file,
+            tls_key_file=settings.grpc_tls_key_file,
             extra_handlers=parts.extra_handlers,
             extra_service_names=parts.extra_service_names,
             interceptors=[

@@ -4,6 +4,7 @@ reflection, the standard health service, the interceptor chain, and a graceful s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -95,8 +96,11 @@ class GrpcServer:
         extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
         extra_service_names: Sequence[str] = (),
         interceptors: Sequence[AsyncServerInterceptor] = (),
+        tls_cert_file: str = "",
+        tls_key_file: str = "",
     ) -> None:
         self._image = image
+        self._tls_files = (tls_cert_file, tls_key_file) if tls_cert_file else None
         self._servicers = dict(servicers)
         self._requested_address = address
         self.health = health_aio.HealthServicer()
@@ -130,7 +134,15 @@ class GrpcServer:
     async def start(self) -> str:
         """Bind, start serving, and mark every service SERVING. Returns `host:port`."""
         host, _, _ = self._requested_address.rpartition(":")
-        port = self._server.add_insecure_port(self._requested_address)
+        if self._tls_files is None:
+            port = self._server.add_insecure_port(self._requested_address)
+        else:
+            # TLS only: with a certificate configured there is no plaintext port to fall to.
+            cert_file, key_file = self._tls_files
+            credentials = grpc.ssl_server_credentials(
+                [(Path(key_file).read_bytes(), Path(cert_file).read_bytes())]
+            )
+            port = self._server.add_secure_port(self._requested_address, credentials)
         if port == 0:
             raise OSError(f"cannot bind gRPC server to {self._requested_address}")
         await self._server.start()

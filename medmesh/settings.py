@@ -76,6 +76,11 @@ class Settings:
     """Which service this process runs: `auth`, `ingest`, `infer`, `report` (`medmesh`: tools)."""
     grpc_addr: str = "127.0.0.1:0"
     """MEDMESH_GRPC_ADDR: host:port the gRPC server binds; port 0 picks a free one."""
+    grpc_tls_cert_file: str = ""
+    """MEDMESH_GRPC_TLS_CERT_FILE: PEM certificate (chain) the gRPC server presents; with
+    MEDMESH_GRPC_TLS_KEY_FILE it serves TLS only. Empty: plaintext (loopback, a mesh)."""
+    grpc_tls_key_file: str = ""
+    """MEDMESH_GRPC_TLS_KEY_FILE: the PEM private key of MEDMESH_GRPC_TLS_CERT_FILE."""
     metrics_addr: str = "127.0.0.1:0"
     """MEDMESH_METRICS_ADDR: host:port of the Prometheus `/metrics` endpoint; empty disables it."""
     ready_file: Path | None = None
@@ -165,6 +170,8 @@ class Settings:
         return cls(
             service=service,
             grpc_addr=environ.get("MEDMESH_GRPC_ADDR", cls.grpc_addr),
+            grpc_tls_cert_file=environ.get("MEDMESH_GRPC_TLS_CERT_FILE", ""),
+            grpc_tls_key_file=environ.get("MEDMESH_GRPC_TLS_KEY_FILE", ""),
             metrics_addr=environ.get("MEDMESH_METRICS_ADDR", cls.metrics_addr),
             ready_file=Path(ready) if ready else None,
             postgres_url=environ.get(f"{prefix}POSTGRES_URL")
@@ -212,6 +219,10 @@ class Settings:
                 raise SettingsError(
                     f"{variable} must start with {scheme} when a CA file is set for it"
                 )
+        if bool(self.grpc_tls_cert_file) != bool(self.grpc_tls_key_file):
+            raise SettingsError(
+                "MEDMESH_GRPC_TLS_CERT_FILE and MEDMESH_GRPC_TLS_KEY_FILE go together"
+            )
 
     def require(self, *names: str) -> None:
         """Fail at start-up, naming the variable, when a URL this service needs is unset."""

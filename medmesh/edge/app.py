@@ -39,6 +39,7 @@ from medmesh.edge.upstreams import Call, Upstreams, forwarded_metadata
 from medmesh.edge.web import forward_grpc_web, send_trailers_only
 from medmesh.edge.webapp import WebApp
 from medmesh.openapi import with_server
+from medmesh.transport import grpc_channel
 
 _log = structlog.get_logger("medmesh.edge")
 
@@ -99,12 +100,13 @@ class EdgeApp:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         webapp: WebApp | None = None,
         openapi_file: Path | None = DEFAULT_OPENAPI_FILE,
+        upstream_ca_file: str = "",
     ) -> None:
         if not authz_addr:
             raise ValueError("the edge needs an authorization service (svc_auth's address)")
         self.routes = RouteTable(image)
-        self.upstreams = Upstreams(upstreams)
-        self._authz_channel = grpc.aio.insecure_channel(authz_addr)
+        self.upstreams = Upstreams(upstreams, ca_file=upstream_ca_file)
+        self._authz_channel = grpc_channel(authz_addr, ca_file=upstream_ca_file)
         self._authz = AuthzClient(self._authz_channel, timeout_s=authz_timeout_s)
         self.cors = CorsPolicy.of(cors_origins)
         self.unchecked_paths = unchecked_paths

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import socket
 from collections.abc import Iterator
@@ -59,6 +60,7 @@ def build_app(settings: EdgeSettings, image: DescriptorImage | None = None) -> E
         image or DescriptorImage(),
         settings.upstreams,
         authz_addr=settings.authz_addr,
+        upstream_ca_file=settings.upstream_ca_file,
         cors_origins=settings.cors_origins,
         upstream_timeout_s=settings.upstream_timeout_s,
         authz_timeout_s=settings.authz_timeout_s,
@@ -83,6 +85,8 @@ async def serve_edge(
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     config = uvicorn.Config(
         app,
+        # httptools' C parser; uvicorn's pure-Python h11 when it is not installed.
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
         lifespan="off",
         log_config=None,
         access_log=False,

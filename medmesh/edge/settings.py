@@ -26,11 +26,15 @@ class EdgeSettings:
 
     upstreams: Mapping[str, str] = field(default_factory=dict)
     """MEDMESH_AUTH_ADDR, MEDMESH_INGEST_ADDR, MEDMESH_INFER_ADDR, MEDMESH_REPORT_ADDR: each
-    service's gRPC host:port. A service left unset answers 503 at the edge."""
+    service's gRPC host:port (`https://host:port` for TLS). A service left unset answers 503
+    at the edge."""
     addr: str = "127.0.0.1:0"
     """MEDMESH_EDGE_ADDR: host:port the edge listens on (HTTP/1.1); port 0 picks a free one."""
     authz_addr: str = ""
     """MEDMESH_EDGE_AUTHZ_ADDR: the ext_authz Check service; default svc_auth's address."""
+    upstream_ca_file: str = ""
+    """MEDMESH_EDGE_UPSTREAM_CA_FILE: PEM CA for upstreams given as `https://host:port` (TLS,
+    certificate and host name verified); `host:port` upstreams stay plaintext."""
     cors_origins: tuple[str, ...] = ()
     """MEDMESH_EDGE_CORS_ORIGINS: comma-separated origins allowed from browsers, or `*`."""
     upstream_timeout_s: float = 30.0
@@ -80,6 +84,7 @@ class EdgeSettings:
             upstreams=upstreams,
             addr=environ.get("MEDMESH_EDGE_ADDR", cls.addr),
             authz_addr=authz,
+            upstream_ca_file=environ.get("MEDMESH_EDGE_UPSTREAM_CA_FILE", ""),
             cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
             upstream_timeout_s=_number(
                 environ, "MEDMESH_EDGE_UPSTREAM_TIMEOUT_S", cls.upstream_timeout_s

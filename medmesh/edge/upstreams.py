@@ -14,6 +14,7 @@ from medmesh.edge.asgi import Request, Send
 from medmesh.edge.authz import IDENTITY_HEADERS, Decision
 from medmesh.edge.routes import Rpc
 from medmesh.server import MAX_MESSAGE_BYTES
+from medmesh.transport import grpc_channel
 
 # Headers that carry meaning for the services: the token, tracing, the request id and custom
 # `x-` headers. Transport headers (host, content-type, te, ...) stay at the edge.
@@ -60,11 +61,13 @@ def forwarded_metadata(
 class Upstreams:
     """Channels to the services by upstream name (`auth`, `ingest`, `infer`, `report`)."""
 
-    def __init__(self, addresses: Mapping[str, str]) -> None:
+    def __init__(self, addresses: Mapping[str, str], *, ca_file: str = "") -> None:
+        """`host:port` is plaintext; `https://host:port` is TLS verified against `ca_file`."""
         self.addresses = {name: address for name, address in addresses.items() if address}
         self._channels = {
-            name: grpc.aio.insecure_channel(
+            name: grpc_channel(
                 address,
+                ca_file=ca_file,
                 options=[
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
