@@ -1,5 +1,7 @@
 """What `medmesh up` adds for a local stack beyond the embedded dependencies: a mail sink,
-secrets kept in the data directory, the first clinic admin, and the local model server.
+secrets kept in the data directory (key-encryption keys, database role passwords), one
+database role per service and a migration role, the first clinic admin, and the local model
+server.
 
 Each piece only fills a gap: a variable that is already set (a real SMTP server, a key from
 a secret store, a real TF Serving) is passed through untouched.
@@ -17,7 +19,9 @@ from pathlib import Path
 import structlog
 from cryptography.fernet import Fernet
 
+from medmesh.dbroles import RoleLogin, default_role, ensure_database_roles, with_credentials
 from medmesh.mailsink import start_mail_sink
+from medmesh.settings import SERVICES
 
 _log = structlog.get_logger("medmesh.up")
 
@@ -86,6 +90,37 @@ def local_secrets(env: dict[str, str], data_dir: Path) -> dict[str, str]:
         "email": DEMO_ADMIN_EMAIL,
         "password_file": str(password_file),
     }
+
+
+MIGRATION_ROLE = "medmesh_migrator"
+
+
+def database_roles(env: dict[str, str], data_dir: Path, *, embedded: bool) -> dict[str, str]:
+    """On the embedded PostgreSQL (`embedded`), unless MEDMESH_POSTGRES_MIGRATION_URL is set:
+    create the migration role and one role per service (medmesh/dbroles.py), passwords
+    generated once and kept in `<data_dir>/secrets`; point each service at its own role
+    (MEDMESH_<SVC>_POSTGRES_URL in `env`, unless set). Returns the environment for the
+    migrations: `env` plus MEDMESH_POSTGRES_MIGRATION_URL, which services never get."""
+    if env.get("MEDMESH_POSTGRES_MIGRATION_URL") or not embedded:
+        return dict(env)
+    admin_url = env["MEDMESH_POSTGRES_URL"]
+    secrets_dir = data_dir / "secrets"
+    secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def login(name: str) -> RoleLogin:
+        password = _kept_secret(secrets_dir / f"db-{name}-password", secrets.token_urlsafe(24))
+        return RoleLogin(name, password)
+
+    migration = login(MIGRATION_ROLE)
+    services = {service: login(default_role(service)) for service in SERVICES}
+    ensure_database_roles(admin_url, migration=migration, services=services)
+    for service, role in services.items():
+        env.setdefault(
+            f"MEDMESH_{service.upper()}_POSTGRES_URL",
+            with_credentials(admin_url, role.name, role.password),
+        )
+    migration_url = with_credentials(admin_url, migration.name, migration.password)
+    return {**env, "MEDMESH_POSTGRES_MIGRATION_URL": migration_url}
 
 
 def build_models(env: Mapping[str, str], data_dir: Path) -> Path:

@@ -23,7 +23,7 @@ from types import FrameType
 
 import structlog
 
-from medmesh.devstack import build_models, local_secrets, mail_sink
+from medmesh.devstack import build_models, database_roles, local_secrets, mail_sink
 from medmesh.launcher import DEPENDENCY_ENV, EmbeddedDependencies
 from medmesh.launcher._process import die_with_parent
 from medmesh.migrate import migrate_all
@@ -253,13 +253,17 @@ def up(data_dir: Path, status_file: Path | None, environ: Mapping[str, str]) -> 
     """Run the whole stack in the foreground until Ctrl-C. Returns the process exit code."""
     data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        urls = stack.enter_context(EmbeddedDependencies(data_dir, environ))
+        dependencies_started = EmbeddedDependencies(data_dir, environ)
+        urls = stack.enter_context(dependencies_started)
         env = {**environ, **urls}
         smtp_url = stack.enter_context(mail_sink(env, data_dir))
         admin = local_secrets(env, data_dir)
+        migration_env = database_roles(
+            env, data_dir, embedded="postgres" in dependencies_started.started
+        )
         web_url = reserve_edge_url(env)
         web_note = web_app_note(env, data_dir)
-        migrate_all(env)
+        migrate_all(migration_env)  # as the migration role; services get their own roles
         try:
             model_server = stack.enter_context(running_model_server(env, data_dir))
             services = stack.enter_context(running_services(env, data_dir))

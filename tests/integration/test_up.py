@@ -51,6 +51,26 @@ def test_up_migrates_every_schema_before_serving(stack) -> None:
             assert applied[0] >= 1, schema
 
 
+def test_up_runs_each_service_as_its_own_database_role_and_migrates_as_the_owner(stack) -> None:
+    _process, _status, printed = stack
+    with psycopg.connect(_printed_url(printed, "postgres")) as conn:
+        sessions = conn.execute(
+            "SELECT DISTINCT application_name, usename FROM pg_stat_activity"
+            " WHERE application_name LIKE 'medmesh-%%'"
+        ).fetchall()
+        owners = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = ANY(%s)",
+            ([*SERVICES, "audit"],),
+        ).fetchall()
+        superusers = conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolsuper AND rolname LIKE 'medmesh_%%'"
+        ).fetchall()
+    by_service = {name.removeprefix("medmesh-"): user for name, user in sessions}
+    assert {s: by_service.get(s) for s in SERVICES} == {s: f"medmesh_{s}" for s in SERVICES}
+    assert owners == [("medmesh_migrator",)]
+    assert superusers == []
+
+
 @pytest.mark.parametrize(
     ("service", "method"),
     [
