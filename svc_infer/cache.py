@@ -24,6 +24,7 @@ Reads are counted in `medmesh_infer_result_cache_reads_total{read, outcome}` (ou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import structlog
 from prometheus_client import Counter
@@ -91,7 +92,8 @@ class ResultCache:
         """A cached result, or None (missing, or Redis unavailable)."""
         try:
             await self._settle_owed()
-            data = await self._redis.get(self.result_key(result_id))
+            # bytes: the client is made without decode_responses (medmesh/cache.py)
+            data = cast("bytes | None", await self._redis.get(self.result_key(result_id)))
         except RedisError as exc:
             log.warning("result_cache.read_failed", error=str(exc))
             CACHE_READS.labels("result", "unavailable").inc()
@@ -129,7 +131,7 @@ class ResultCache:
             if not settled and (clinic_id, study_id) in self.owed:
                 CACHE_READS.labels("study", "unavailable").inc()
                 return None
-            data = await self._redis.get(self.study_key(clinic_id, study_id))
+            data = cast("bytes | None", await self._redis.get(self.study_key(clinic_id, study_id)))
         except RedisError as exc:
             log.warning("result_cache.read_failed", error=str(exc))
             CACHE_READS.labels("study", "unavailable").inc()
@@ -140,7 +142,7 @@ class ResultCache:
     async def study_version(self, study_id: str) -> bytes | None:
         """The study's write counter, read before a PostgreSQL read that may be cached."""
         try:
-            return await self._redis.get(self.version_key(study_id))
+            return cast("bytes | None", await self._redis.get(self.version_key(study_id)))
         except RedisError as exc:
             log.warning("result_cache.read_failed", error=str(exc))
             return None

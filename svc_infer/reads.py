@@ -11,6 +11,7 @@ row under the caller's clinic (synchronously)."""
 
 from __future__ import annotations
 
+import builtins
 import re
 import uuid
 from dataclasses import dataclass
@@ -184,7 +185,7 @@ class ResultReader:
 
     async def _from_database(
         self, clinic_id: str, study_id: str, after: tuple[datetime, str] | None, limit: int
-    ) -> tuple[list[Result], bool]:
+    ) -> tuple[builtins.list[Result], bool]:
         keyset = None
         if after is not None:
             try:

@@ -148,7 +148,7 @@ class Registry:
         self, name: str, split: Sequence[TrafficWeight], *, actor: Actor, clinic_id: str
     ) -> Model:
         """New studies are assigned by `split`; assigned studies keep their version."""
-        detail = {"split": {str(w.version): w.weight for w in split}}
+        detail: dict[str, object] = {"split": {str(w.version): w.weight for w in split}}
         return await self._change(
             name,
             "model.split",

@@ -119,9 +119,9 @@ async def insert_results(conn: Connection, drafts: Sequence[ResultDraft]) -> lis
     }
     ordered = []
     for draft in drafts:
-        row = stored.pop((draft.file_id, draft.model_name, draft.model_version), None)
-        if row is not None:
-            ordered.append(_stored(row))
+        inserted = stored.pop((draft.file_id, draft.model_name, draft.model_version), None)
+        if inserted is not None:
+            ordered.append(_stored(inserted))
     return ordered
 
 

@@ -146,7 +146,7 @@ def encode_predict_request(
         except KeyError:
             raise ValueError(f"unsupported dtype {native.dtype}") from None
         array = native.astype(native.dtype.newbyteorder("<"), copy=False)
-        content = memoryview(array.reshape(-1).view(np.uint8))
+        content = array.reshape(-1).view(np.uint8).data  # a memoryview, no copy
         shape = tensor_shape_pb2.TensorShapeProto(
             dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape]
         )

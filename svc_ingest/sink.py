@@ -88,14 +88,15 @@ class Checked(Protocol):
 
 
 C = TypeVar("C", bound=Checked)
+C_co = TypeVar("C_co", bound=Checked, covariant=True)
 
 
-class Validator(Protocol[C]):
+class Validator(Protocol[C_co]):
     """Sees every byte in order (`feed` raises at the first wrong one); `finish` is the verdict."""
 
     def feed(self, data: bytes | memoryview) -> None: ...
 
-    def finish(self) -> C: ...
+    def finish(self) -> C_co: ...
 
 
 # Below this a chunk is checked in the event loop: a thread hop would cost more than hashing.
@@ -108,7 +109,7 @@ class _Lane:
     def __init__(self) -> None:
         self._pending: asyncio.Future[None] | None = None
 
-    async def run(self, fn: Callable[[bytes], None], data: bytes) -> None:
+    async def run(self, fn: Callable[[bytes | memoryview], None], data: bytes | memoryview) -> None:
         """Wait for the previous step (raising its error), then start `fn(data)`."""
         await self.wait()
         if len(data) < _INLINE_CHECK_BYTES:

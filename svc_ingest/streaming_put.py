@@ -131,7 +131,8 @@ def open_put_request(
     url: SplitResult = client._base_url.build(  # minio internal, pinned <8
         method="PUT", region=store.region, bucket_name=real_bucket, object_name=key
     )
-    headers: dict[str, str] = {
+    # Any: minio's signer types header values str | list | tuple; every one here is a str.
+    headers: dict[str, Any] = {
         "Host": url.netloc,
         "Content-Type": content_type,
         "Content-Encoding": "aws-chunked",

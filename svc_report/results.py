@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import cast
 
 import structlog
 from redis.asyncio import Redis
@@ -71,7 +72,8 @@ class ResultSource:
     async def _cached(self, clinic_id: str, result_ids: Sequence[str]) -> dict[str, AnalysisResult]:
         keys = [result_cache_key(self._namespace, rid) for rid in result_ids]
         try:
-            values = await self._redis.mget(keys)
+            # bytes: the client is made without decode_responses (medmesh/cache.py)
+            values = cast("list[bytes | None]", await self._redis.mget(keys))
         except RedisError as exc:
             log.warning("result_cache.read_failed", error=str(exc))
             return {}
