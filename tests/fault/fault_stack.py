@@ -70,6 +70,8 @@ class ServiceProcess:
     starts: int = 0
     ready: dict[str, str] = field(default_factory=dict)
     """What the running process wrote to its ready file (its gRPC and metrics addresses)."""
+    args: list[str] = field(default_factory=list)
+    """Command-line arguments after `-m <module>`."""
 
     async def start(self) -> float:
         """Start it and wait until it wrote its ready file (it is SERVING); the seconds that
@@ -83,6 +85,7 @@ class ServiceProcess:
                 sys.executable,
                 "-m",
                 self.module,
+                *self.args,
                 cwd=REPO,
                 env=self.env,
                 stdout=log,
@@ -326,7 +329,12 @@ async def running_ingest(
 
 @asynccontextmanager
 async def running_infer(
-    stack: FaultStack, tokens: TokenFactory, extra: dict[str, str], **urls: str
+    stack: FaultStack,
+    tokens: TokenFactory,
+    extra: dict[str, str],
+    *,
+    job_max_attempts: int = Settings.job_max_attempts,
+    **urls: str,
 ) -> AsyncIterator[tuple[AsyncStub, Settings]]:
     """svc_infer (RPCs and workers) in this process, tokens from the test key, on the test's
     dependencies or those given (`redis_url=`, `s3_url=`, ...); `extra` adds MEDMESH_INFER_*."""
@@ -343,6 +351,7 @@ async def running_infer(
         stream_prefix=stack.prefix.upper(),
         s3_bucket_prefix=env["MEDMESH_S3_BUCKET_PREFIX"],
         grace_period_s=1,
+        job_max_attempts=job_max_attempts,
         extra=extra,
     )
 
