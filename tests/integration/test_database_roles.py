@@ -216,3 +216,27 @@ async def test_a_service_role_facing_pending_migrations_says_to_run_medmesh_migr
 
     with pytest.raises(MigrationsPending, match="medmesh migrate"):
         await apply_service_migrations(settings, service_migrations("ingest"))
+
+
+def test_schemas_made_before_the_roles_existed_are_handed_to_the_migration_role(
+    database_url: str, name_prefix: str
+) -> None:
+    # A data directory from before the roles: everything migrated by the one admin role.
+    migrate_all({"MEDMESH_POSTGRES_URL": database_url})
+
+    with created_database_roles(database_url, name_prefix) as roles:
+        migrate_all(roles.env)
+        with psycopg.connect(roles.admin_url) as conn:
+            owners = conn.execute(
+                "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY(%s)"
+                " UNION SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p"
+                " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = ANY(%s)",
+                ([*SERVICES, "audit"], [*SERVICES, "audit"]),
+            ).fetchall()
+        # The owner can change its schemas again (the next migration), services their rows.
+        _run(roles.migration_url, "ALTER TABLE report.reports ADD COLUMN later_migration int")
+        _run(roles.service_urls["report"], "SELECT later_migration FROM report.reports")
+        assert _refused(roles.service_urls["ingest"], "SELECT * FROM auth.users")
+
+    assert owners == [(roles.migration_role,)]
