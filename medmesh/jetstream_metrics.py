@@ -1,7 +1,8 @@
 """Queue depth and message rates on `/metrics`, as JetStream itself counts them: the consumer
 info and stream info of every durable consumer a process pulls from, polled in the
 background (`ConsumerInfoPoller`, started by medmesh.consumers.PullConsumer) and exported at
-scrape time.
+scrape time. A consumer's clinic lanes (medmesh.lanes: durables `<durable>_lane_<clinic>`)
+are reported with it: `consumer` is the real durable, `group` the job consumer it belongs to.
 
 Rates come from the server's sequence numbers: `rate(medmesh_jetstream_stream_published_total)`
 is what was published to a stream, `rate(medmesh_jetstream_consumer_delivered_total)` what a
@@ -32,7 +33,7 @@ POLL_INTERVAL_S = 10.0
 
 @dataclass(frozen=True)
 class _Snapshot:
-    consumer: ConsumerInfo
+    consumers: tuple[ConsumerInfo, ...]
     stream: StreamInfo
 
 
@@ -54,7 +55,7 @@ class JetStreamCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         with self._lock:
             snapshots = dict(self._snapshots)
-        labels = ["stream", "consumer"]
+        labels = ["stream", "consumer", "group"]
         pending = GaugeMetricFamily(
             "medmesh_jetstream_consumer_pending",
             "Messages in the stream not yet delivered to this consumer (the queue depth).",
@@ -101,16 +102,16 @@ class JetStreamCollector(Collector):
             labels=["stream"],
         )
         streams: dict[str, StreamInfo] = {}
-        for (stream, consumer), snapshot in sorted(snapshots.items()):
-            info = snapshot.consumer
-            key = [stream, consumer]
-            pending.add_metric(key, info.num_pending or 0)
-            ack_pending.add_metric(key, info.num_ack_pending or 0)
-            redelivered.add_metric(key, info.num_redelivered or 0)
-            waiting.add_metric(key, info.num_waiting or 0)
-            delivered.add_metric(key, (info.delivered.consumer_seq or 0) if info.delivered else 0)
-            acked.add_metric(key, (info.ack_floor.consumer_seq or 0) if info.ack_floor else 0)
+        for (stream, group), snapshot in sorted(snapshots.items()):
             streams[stream] = snapshot.stream
+            for info in snapshot.consumers:
+                key = [stream, info.name, group]
+                pending.add_metric(key, info.num_pending or 0)
+                ack_pending.add_metric(key, info.num_ack_pending or 0)
+                redelivered.add_metric(key, info.num_redelivered or 0)
+                waiting.add_metric(key, info.num_waiting or 0)
+                delivered.add_metric(key, info.delivered.consumer_seq or 0 if info.delivered else 0)
+                acked.add_metric(key, info.ack_floor.consumer_seq or 0 if info.ack_floor else 0)
         for stream, stream_info in streams.items():
             state = stream_info.state
             stream_messages.add_metric([stream], state.messages or 0)
@@ -135,7 +136,7 @@ def jetstream_collector() -> JetStreamCollector:
 
 
 class ConsumerInfoPoller:
-    """Polls one durable consumer's info (and its stream's) every `interval_s` seconds."""
+    """Polls one durable consumer's info, its lanes' and its stream's every `interval_s` s."""
 
     def __init__(
         self,
@@ -155,13 +156,18 @@ class ConsumerInfoPoller:
         """Refresh the snapshot now; on failure drop it (raises nothing)."""
         collector = jetstream_collector()
         try:
-            info = await self._js.consumer_info(self.stream, self.consumer, timeout=5)
+            lane_prefix = f"{self.consumer}_lane_"
+            infos = tuple(
+                info
+                for info in await self._js.consumers_info(self.stream)
+                if info.name == self.consumer or info.name.startswith(lane_prefix)
+            )
             stream = await self._js.stream_info(self.stream)
         except Exception as exc:  # noqa: BLE001 - a NATS outage must not stop the poller
             log.debug("jetstream.info_failed", consumer=self.consumer, error=str(exc))
             collector.update(self.stream, self.consumer, None)
             return
-        collector.update(self.stream, self.consumer, _Snapshot(info, stream))
+        collector.update(self.stream, self.consumer, _Snapshot(infos, stream))
 
     def start(self) -> None:
         """Poll in the background until `stop()`."""

@@ -45,6 +45,12 @@ DB_QUERY_SECONDS = Histogram(
     ["operation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+REDIS_COMMAND_SECONDS = Histogram(
+    "medmesh_redis_command_seconds",
+    "Duration of one Redis command or pipeline (from the redis-py client spans).",
+    ["command"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2),
+)
 _SQL_VERBS = frozenset(
     {"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "COMMIT", "ROLLBACK", "LISTEN"}
 )
@@ -127,17 +133,22 @@ class _BackgroundCallsUnsampled(Sampler):
 
 
 class _QueryTimeMetrics(SpanProcessor):
-    """Feeds `medmesh_db_query_seconds` from the psycopg instrumentation's client spans."""
+    """Feeds `medmesh_db_query_seconds` and `medmesh_redis_command_seconds` from the psycopg
+    and redis instrumentations' client spans (sampled or not)."""
 
     def on_end(self, span: ReadableSpan) -> None:
         attributes = span.attributes or {}
         system = attributes.get("db.system.name", attributes.get("db.system"))
-        if system != "postgresql" or span.start_time is None or span.end_time is None:
+        if system not in {"postgresql", "redis"} or span.start_time is None:
             return
+        seconds = ((span.end_time or span.start_time) - span.start_time) / 1e9
         verb = span.name.split(" ", 1)[0].upper()
-        DB_QUERY_SECONDS.labels(verb if verb in _SQL_VERBS else "OTHER").observe(
-            (span.end_time - span.start_time) / 1e9
-        )
+        if system == "postgresql":
+            DB_QUERY_SECONDS.labels(verb if verb in _SQL_VERBS else "OTHER").observe(seconds)
+        elif "db.redis.pipeline_length" in attributes:
+            REDIS_COMMAND_SECONDS.labels("PIPELINE").observe(seconds)
+        else:  # the command's name: a fixed vocabulary, never a key
+            REDIS_COMMAND_SECONDS.labels(verb[:24]).observe(seconds)
 
 
 def new_tracer_provider(service: str) -> TracerProvider:

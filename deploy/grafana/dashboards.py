@@ -3,11 +3,14 @@
     python deploy/grafana/dashboards.py           # rewrite the JSON files
     python deploy/grafana/dashboards.py --check   # exit 1 when a committed file is stale
 
-Dashboards are written as data here rather than edited as JSON by hand: three dashboards share
+Dashboards are written as data here rather than edited as JSON by hand: four dashboards share
 their datasource, variables and panel shapes, and tests/unit/test_deploy.py checks that every
 query names a metric the code exports. Metric names: medmesh/interceptors.py (grpc_server_*),
-svc_infer/metrics.py (medmesh_infer_*), medmesh/edge/app.py (edge_*), deploy/prometheus/
-rules.yml (recorded series), prometheus_client's process collector (process_*).
+svc_infer/metrics.py (medmesh_infer_*), medmesh/edge/app.py (edge_*), medmesh/pool_metrics.py
+(medmesh_db_pool_*), medmesh/telemetry.py (medmesh_db_query_seconds, medmesh_redis_command_seconds),
+medmesh/jetstream_metrics.py (medmesh_jetstream_*), deploy/prometheus/rules.yml (recorded
+series), prometheus_client's process collector (process_*), and the infrastructure's own:
+Envoy's /stats/prometheus (envoy_*), dcgm-exporter (DCGM_*, GPU hosts only).
 """
 
 from __future__ import annotations
@@ -358,10 +361,162 @@ def ml_performance() -> dict[str, Any]:
     return dashboard("medmesh-ml", "medmesh / ML performance", panels, variables)
 
 
+def infrastructure_health() -> dict[str, Any]:
+    """What the services stand on: PostgreSQL pools and query time, Redis command time, the
+    JetStream queues (depth, rates, redeliveries), NATS reachability, Envoy, the GPUs."""
+    pool = 'pool=~"$pool"'
+    panels = [
+        timeseries(
+            "PostgreSQL pool: connections in use / max",
+            "short",
+            (
+                sum_by("pool", f"medmesh_db_pool_connections{{{pool}}}")
+                + " - "
+                + sum_by("pool", f"medmesh_db_pool_idle{{{pool}}}"),
+                "{{pool}} in use",
+            ),
+            (sum_by("pool", f"medmesh_db_pool_max{{{pool}}}"), "{{pool}} max"),
+            desc="psycopg_pool's get_stats() per pool (medmesh/pool_metrics.py).",
+        ),
+        timeseries(
+            "PostgreSQL pool: waiting for a connection",
+            "s",
+            (sum_by("pool", f"medmesh_db_pool_waiting{{{pool}}}"), "{{pool}} waiting now"),
+            (
+                sum_by("pool", rate("medmesh_db_pool_wait_seconds_total", pool))
+                + " / "
+                + sum_by("pool", rate("medmesh_db_pool_requests_total", pool)),
+                "{{pool}} mean wait",
+            ),
+            desc="Requests queued for a connection; a rising mean wait means the pool is too"
+            " small or queries hold connections too long.",
+        ),
+        timeseries(
+            "PostgreSQL pool: timeouts and lost connections",
+            "ops",
+            (sum_by("pool", rate("medmesh_db_pool_timeouts_total", pool)), "{{pool}} timeouts"),
+            (
+                sum_by("pool", rate("medmesh_db_pool_connections_lost_total", pool)),
+                "{{pool}} lost",
+            ),
+            (
+                sum_by("pool", rate("medmesh_db_pool_connection_errors_total", pool)),
+                "{{pool}} connect errors",
+            ),
+        ),
+        timeseries(
+            "PostgreSQL query time p95 by statement",
+            "s",
+            (quantile(0.95, "operation", "medmesh_db_query_seconds"), "{{operation}}"),
+            desc="From the psycopg client spans. In pipeline mode a statement is timed until"
+            " it is queued, not until its result arrives.",
+        ),
+        timeseries(
+            "PostgreSQL statements per second",
+            "ops",
+            (sum_by("service", rate("medmesh_db_query_seconds_count")), "{{service}}"),
+        ),
+        timeseries(
+            "Redis command time p95",
+            "s",
+            (quantile(0.95, "command", "medmesh_redis_command_seconds"), "{{command}}"),
+            (sum_by("service", rate("medmesh_redis_command_seconds_count")), "{{service}} ops/s"),
+            desc="From the redis-py client spans (sessions, rate limits, result cache).",
+        ),
+        timeseries(
+            "Queue depth (JetStream pending) per consumer",
+            "short",
+            (
+                "max by (stream, group) (medmesh_jetstream_consumer_pending)",
+                "{{stream}} {{group}}",
+            ),
+            desc="Messages not yet delivered, clinic lanes summed into their job consumer"
+            " (max over the services that poll it).",
+        ),
+        timeseries(
+            "In progress and redelivered",
+            "short",
+            (
+                "max by (stream, group) (medmesh_jetstream_consumer_ack_pending)",
+                "{{group}} unacked",
+            ),
+            (
+                "max by (stream, group) (medmesh_jetstream_consumer_redelivered)",
+                "{{group}} redelivered",
+            ),
+        ),
+        timeseries(
+            "Message rates",
+            "ops",
+            (
+                "max by (stream) (" + rate("medmesh_jetstream_stream_published_total") + ")",
+                "{{stream}} published",
+            ),
+            (
+                "max by (group) (" + rate("medmesh_jetstream_consumer_delivered_total") + ")",
+                "{{group}} delivered",
+            ),
+            (
+                "max by (group) (" + rate("medmesh_jetstream_consumer_acked_total") + ")",
+                "{{group}} acked",
+            ),
+        ),
+        timeseries(
+            "Streams: stored messages and bytes",
+            "short",
+            ("max by (stream) (medmesh_jetstream_stream_messages)", "{{stream}} messages"),
+            ("max by (stream) (medmesh_jetstream_stream_bytes)", "{{stream}} bytes"),
+        ),
+        stat(
+            "NATS: consumers reporting",
+            "none",
+            "count(medmesh_jetstream_consumer_pending)",
+            "consumers",
+            thresholds=[[None, "red"], [1, "green"]],
+            desc="Durable consumers whose info the services could read from JetStream in the"
+            " last poll; 0 or no data while services run means NATS is unreachable.",
+        ),
+        timeseries(
+            "Envoy: downstream requests by status class",
+            "reqps",
+            (
+                sum_by("envoy_response_code_class", rate("envoy_http_downstream_rq_xx")),
+                "{{envoy_response_code_class}}xx",
+            ),
+            desc="Envoy's /stats/prometheus (the `stats` listener, :9902).",
+        ),
+        timeseries(
+            "Envoy: upstream 5xx and healthy hosts per cluster",
+            "short",
+            (
+                sum_by(
+                    "envoy_cluster_name",
+                    rate("envoy_cluster_upstream_rq_xx", 'envoy_response_code_class="5"'),
+                ),
+                "{{envoy_cluster_name}} 5xx/s",
+            ),
+            (
+                sum_by("envoy_cluster_name", "envoy_cluster_membership_healthy"),
+                "{{envoy_cluster_name}} healthy",
+            ),
+        ),
+        timeseries(
+            "GPU utilisation (dcgm-exporter; GPU hosts only)",
+            "percent",
+            ("avg by (gpu, Hostname) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}"),
+            desc="NVIDIA's dcgm-exporter on the TF Serving nodes; TF Serving's own metrics"
+            " count requests and latency, not GPU use. No data without a GPU.",
+        ),
+    ]
+    variables = [_variable("pool", "pool", "label_values(medmesh_db_pool_max, pool)")]
+    return dashboard("medmesh-infra", "medmesh / Infrastructure health", panels, variables)
+
+
 DASHBOARDS = {
     "system-overview.json": system_overview,
     "api-performance.json": api_performance,
     "ml-performance.json": ml_performance,
+    "infrastructure-health.json": infrastructure_health,
 }
 
 

@@ -47,7 +47,7 @@ def bootstrap() -> Bootstrap:
 @pytest.fixture(scope="module")
 def manager(bootstrap: Bootstrap) -> Any:
     """The listener's HttpConnectionManager."""
-    [listener] = bootstrap.static_resources.listeners
+    [listener] = [x for x in bootstrap.static_resources.listeners if x.name == "ingress"]
     [chain] = listener.filter_chains
     [network_filter] = chain.filters
     return network_filter.typed_config.unpack()
@@ -146,6 +146,8 @@ def test_every_cluster_speaks_http2_with_grpc_health_checks_and_outlier_detectio
 ) -> None:
     key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     for cluster in bootstrap.static_resources.clusters:
+        if cluster.name == "envoy_admin":  # its own admin port, checked below
+            continue
         if cluster.name == "web":  # the web app's files over HTTP/1.1, checked below
             [check] = cluster.health_checks
             assert check.http_health_check.path == HEALTH_PATH
@@ -173,3 +175,22 @@ def test_client_sent_identity_headers_are_removed_before_authorization(
         "x-medmesh-clinic",
         "x-medmesh-roles",
     }
+
+
+def test_only_get_stats_prometheus_reaches_envoys_admin_interface(bootstrap: Bootstrap) -> None:
+    assert bootstrap.admin.address.socket_address.address == "127.0.0.1"
+    admin_port = bootstrap.admin.address.socket_address.port_value
+    [stats] = [x for x in bootstrap.static_resources.listeners if x.name == "stats"]
+    [chain] = stats.filter_chains
+    [network_filter] = chain.filters
+    manager = network_filter.typed_config.unpack()
+    [host] = manager.route_config.virtual_hosts
+    [route] = host.routes
+    assert route.match.path == "/stats/prometheus"
+    [method] = route.match.headers
+    assert (method.name, method.string_match.exact) == (":method", "GET")
+    [cluster] = [c for c in bootstrap.static_resources.clusters if c.name == route.route.cluster]
+    [group] = cluster.load_assignment.endpoints
+    [endpoint] = group.lb_endpoints
+    address = endpoint.endpoint.address.socket_address
+    assert (address.address, address.port_value) == ("127.0.0.1", admin_port)
