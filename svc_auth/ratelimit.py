@@ -5,6 +5,10 @@ Each request pushes it `period / count` into the future; a request is refused wh
 would be more than `period` ahead of now, and the wait until it would not is the exact
 Retry-After. The key expires when the bucket is full again, so idle counters vanish by
 themselves. The clock is Redis's own (`TIME`), so replicas with skewed clocks agree.
+
+When Redis cannot be reached every call raises `DependencyUnavailable("redis")` (UNAVAILABLE):
+the limits fail closed. A sign-in attempt that cannot be counted is not allowed, or a Redis
+outage would be a window for unlimited password guessing (tests/fault/test_fault_redis_outage.py).
 """
 
 from __future__ import annotations
