@@ -9,6 +9,7 @@ import copy
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -97,8 +98,15 @@ def test_each_service_deployment_is_probed_over_grpc_and_drains_before_it_is_kil
 ) -> None:
     pod = k8s("Deployment")[f"svc-{service}"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
+    # The listener is TLS-only (the kubelet's gRPC probe is plaintext): the image's healthcheck
+    # asks the standard health service over TLS, verified with the mounted internal CA.
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": 50051}
+        command = container[probe]["exec"]["command"]
+        assert command[:4] == ["python", "-m", "medmesh.healthcheck", "127.0.0.1:50051"]
+        ca_file = command[command.index("--ca-file") + 1]
+        assert str(Path(ca_file).parent) in mounts
+        assert container[probe]["timeoutSeconds"] > 3  # the check's own timeout is 3 s
     grace = float(k8s_env(service)["MEDMESH_GRACE_PERIOD_S"])
     pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod["terminationGracePeriodSeconds"] > pre_stop + grace

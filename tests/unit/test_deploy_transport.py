@@ -31,7 +31,12 @@ from medmesh.settings import SERVICES, Settings
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$|TOKEN|_AUTH$")
 # The image's own user for each TLS server (the key file must be readable by it alone).
-SERVER_UIDS = {"postgres": 70, "redis": 999, "nats": 0}
+SERVER_UIDS = {
+    "postgres": 70,
+    "redis": 999,
+    "nats": 0,
+    **{f"svc-{service}": 10001 for service in SERVICES},  # the medmesh image's user
+}
 
 
 def _services() -> dict:
@@ -253,6 +258,66 @@ def test_every_image_has_an_explicit_version_and_the_replaced_ones_are_gone() ->
     assert images["seaweedfs"].startswith("chrislusf/seaweedfs:")
 
 
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_service_serves_grpc_over_tls_and_its_health_check_verifies_it(
+    service: str,
+) -> None:
+    spec = _services()[f"svc-{service}"]
+    settings = Settings.from_env(compose_env(f"svc-{service}"), service=service)
+    assert settings.grpc_tls_cert_file == f"/certs/svc-{service}/tls.crt"
+    assert settings.grpc_tls_key_file == f"/certs/svc-{service}/tls.key"
+    test = spec["healthcheck"]["test"]
+    assert test[test.index("--ca-file") + 1] == "/certs/ca.crt"
+    # The JWKS comes over TLS from svc_auth, verified; plaintext is not allowed.
+    assert settings.auth_addr == "https://svc-auth:50051"
+    assert settings.jwks_ca_file == "/certs/ca.crt"
+    assert not settings.jwks_allow_plaintext
+
+
+def test_the_edge_reaches_every_service_over_verified_tls() -> None:
+    from medmesh.edge.settings import EdgeSettings
+
+    spec = _services()["edge"]
+    edge = EdgeSettings.from_env(compose_env("edge"))
+    assert set(edge.upstreams) == set(SERVICES)
+    for name, address in edge.upstreams.items():
+        assert address == f"https://svc-{name}:50051"
+    assert edge.upstream_ca_file == "/certs/ca.crt"
+    assert "certs:/certs:ro" in spec["volumes"]
+
+
+def _envoy_service_clusters() -> dict[str, object]:
+    import importlib
+
+    import yaml
+    from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
+
+    for module in ("upstreams.http.v3", "transport_sockets.tls.v3"):
+        importlib.import_module(f"envoy_data_plane.envoy.extensions.{module}")
+    document = yaml.safe_load((REPO / "envoy" / "envoy.yaml").read_text())
+    clusters = document["static_resources"]["clusters"]
+    bootstrap = Bootstrap.from_dict({"static_resources": {"clusters": clusters}})
+    return {c.name: c for c in bootstrap.static_resources.clusters if c.name in set(SERVICES)}
+
+
+def test_envoy_verifies_each_service_certificate_for_that_service_name() -> None:
+    clusters = _envoy_service_clusters()
+    assert set(clusters) == set(SERVICES)
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in _services()["envoy"]["volumes"]}
+    for name, cluster in clusters.items():
+        host = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+        host = host.socket_address.address
+        assert host == f"svc-{name}"
+        context = cluster.transport_socket.typed_config.unpack()
+        assert context.sni == host
+        validation = context.common_tls_context.validation_context
+        assert [m.matcher.exact for m in validation.match_typed_subject_alt_names] == [host]
+        assert context.common_tls_context.alpn_protocols == ["h2"]
+        ca = Path(validation.trusted_ca.filename)
+        assert mounts[str(ca.parent)] == "certs"  # the volume whose ca.crt the job writes
+        assert ca.name == "ca.crt"
+
+
 # --- Kubernetes -------------------------------------------------------------------------------
 
 
@@ -291,9 +356,21 @@ def test_every_kubernetes_service_verifies_its_dependencies_with_the_mounted_ca(
     ]
     for ref in refs:  # every key a pod reads is one the example documents
         assert ref["key"] in secrets[ref["name"]], ref
-    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") in secrets)
-    assert set(secrets[volume["secret"]["secretName"]]) == {"ca.crt"}
-    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    [volume] = [v for v in pod["volumes"] if v["name"] == "tls"]
+    files = {
+        item["path"]: (source["secret"]["name"], item["key"])
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+    assert files == {
+        "ca.crt": ("medmesh-dependency-ca", "ca.crt"),
+        "internal-ca.crt": ("medmesh-internal-ca", "ca.crt"),
+        "grpc.crt": (f"svc-{service}-tls", "tls.crt"),
+        "grpc.key": (f"svc-{service}-tls", "tls.key"),
+    }
+    for name, key in files.values():  # the example documents every Secret a pod reads
+        assert name.endswith("-tls") or key in secrets[name], name
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tls")
     assert mount["readOnly"] is True
     ca_file = f"{mount['mountPath']}/ca.crt"
 
@@ -312,3 +389,27 @@ def test_every_kubernetes_service_verifies_its_dependencies_with_the_mounted_ca(
     assert settings.nats_ca_file == ca_file
     query = {k: v[0] for k, v in parse_qs(urlsplit(settings.postgres_url).query).items()}
     assert query["sslrootcert"] == ca_file
+    # Its own gRPC listener is TLS with the mounted certificate; the JWKS is verified.
+    assert settings.grpc_tls_cert_file == f"{mount['mountPath']}/grpc.crt"
+    assert settings.grpc_tls_key_file == f"{mount['mountPath']}/grpc.key"
+    assert settings.auth_addr == "https://svc-auth:50051"
+    assert settings.jwks_ca_file == f"{mount['mountPath']}/internal-ca.crt"
+    assert not settings.jwks_allow_plaintext
+
+
+def test_a_misspelled_field_in_envoy_upstream_tls_would_fail_the_parse() -> None:
+    import importlib
+
+    import yaml
+    from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
+
+    importlib.import_module("envoy_data_plane.envoy.extensions.transport_sockets.tls.v3")
+    clusters = yaml.safe_load((REPO / "envoy" / "envoy.yaml").read_text())["static_resources"][
+        "clusters"
+    ]
+    validation = clusters[0]["transport_socket"]["typed_config"]["common_tls_context"][
+        "validation_context"
+    ]
+    validation["trustd_ca"] = validation.pop("trusted_ca")
+    with pytest.raises(KeyError, match="Unknown field 'trustd_ca'"):
+        Bootstrap.from_dict({"static_resources": {"clusters": clusters}})
