@@ -224,9 +224,9 @@ def _adopt_schema(conn: psycopg.Connection[tuple[object, ...]], schema: str, own
         "  SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i'))",
         (schema,),
     ).fetchall()
-    for (name,) in sequences:
+    for (sequence,) in sequences:
         statement = sql.SQL("ALTER SEQUENCE {} OWNER TO {}")
-        conn.execute(statement.format(sql.Identifier(schema, str(name)), new_owner))
+        conn.execute(statement.format(sql.Identifier(schema, str(sequence)), new_owner))
     functions = conn.execute(
         "SELECT p.oid::regprocedure::text FROM pg_proc p"
         " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s",

@@ -52,9 +52,7 @@ class SmtpEndpoint:
             )
 
     @classmethod
-    def parse(
-        cls, url: str, *, ca_file: str = "", allow_plain_login: bool = False
-    ) -> SmtpEndpoint:
+    def parse(cls, url: str, *, ca_file: str = "", allow_plain_login: bool = False) -> SmtpEndpoint:
         """`smtp://host:port`, `smtp+starttls://user:pass@host:587`, `smtps://host:465`.
 
         Raises ValueError for another scheme, PlainLoginRefused for `smtp://user:pass@`

@@ -32,7 +32,7 @@ def test_a_service_started_without_its_key_encryption_key_exits_naming_the_varia
         }
     )
 
-    done = subprocess.run(  # noqa: S603 - our interpreter and module
+    done = subprocess.run(
         [sys.executable, "-m", service],
         env=env,
         capture_output=True,
