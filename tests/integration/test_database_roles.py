@@ -103,6 +103,25 @@ def test_a_service_role_reads_and_writes_its_own_schema_and_no_other(
 
 
 @pytest.mark.parametrize("service", SERVICES)
+def test_every_table_of_a_service_schema_is_readable_and_writable_by_its_role(
+    migrated: DatabaseRoles, service: str
+) -> None:
+    with psycopg.connect(migrated.admin_url) as conn:
+        rows = conn.execute(
+            # has_table_privilege with a list is true when ANY is held: one call per right.
+            "SELECT t.tablename, bool_and(has_table_privilege(%s, format('%%I.%%I',"
+            " t.schemaname, t.tablename), p.privilege)) FROM pg_tables t,"
+            " unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p(privilege)"
+            " WHERE t.schemaname = %s AND t.tablename NOT LIKE %s AND t.tablename <> 'yoyo_lock'"
+            " GROUP BY t.tablename",
+            (migrated.service_roles[service], service, r"\_yoyo%"),
+        ).fetchall()
+
+    assert len(rows) >= 2
+    assert [table for table, allowed in rows if not allowed] == []
+
+
+@pytest.mark.parametrize("service", SERVICES)
 @pytest.mark.parametrize(
     "statement",
     [
