@@ -63,6 +63,13 @@ BENCHES: list[Bench] = [
         ["--sizes", "16", "--repeat", "1", "--writers", "put", "--servers", "localbucket,moto"],
     ),
     Bench("models", "bench_models.py", ["--rounds", "2"], ["--seconds", "0.5", "--rounds", "1"]),
+    # The whole product under 200 concurrent clients through the edge (issue 12, Load).
+    Bench(
+        "load",
+        "bench_load.py",
+        ["--clients", "200", "--seconds", "60"],
+        ["--clients", "20", "--seconds", "10"],
+    ),
     # No report rows of its own: its printed table goes into the report as it is.
     Bench(
         "ingest_validation",
@@ -183,6 +190,7 @@ def run_one(bench: Bench, quick: bool, timeout_s: float) -> dict[str, Any]:
     )
     return {
         "name": bench.name,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", f"bench/{bench.script}", *args]),
         "exit_code": code,
         "seconds": round(seconds, 1),
@@ -222,6 +230,16 @@ def markdown(report: dict[str, Any]) -> str:
         )
         + f"), {report['seconds']:.0f} s in all.",
         "",
+        *(
+            [
+                "Re-run since (`--merge`), their rows replaced: "
+                + "; ".join(f"`{r['names']}` on {r['date']}" for r in report["merged"])
+                + ". The load column shows each benchmark's own load.",
+                "",
+            ]
+            if report.get("merged")
+            else []
+        ),
         f"Machine: {m['cpu_model']}, {m['cores']} cores ({m['cores_usable']} usable), "
         f"{m['memory_gib']} GiB memory, Python {m['python']}, Linux {m['kernel']}. "
         f"Load average (1/5/15 min) {report['load_start']} at the start, "
@@ -279,12 +297,39 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`old` with the benchmarks of `new` replacing those of the same name (new ones appended,
+    in the order of the table above); the header stays the old full run's, and a line says
+    which benchmarks were re-run when."""
+    fresh = {b["name"]: b for b in new["benchmarks"]}
+    benchmarks = [fresh.pop(b["name"], b) for b in old["benchmarks"]]
+    order = [b.name for b in BENCHES]
+    for bench in fresh.values():
+        position = order.index(bench["name"]) if bench["name"] in order else len(order)
+        after = [i for i, b in enumerate(benchmarks) if b["name"] in order[:position]]
+        benchmarks.insert(after[-1] + 1 if after else len(benchmarks), bench)
+    names = ", ".join(b["name"] for b in new["benchmarks"])
+    return {
+        **old,
+        "benchmarks": benchmarks,
+        "merged": [
+            *old.get("merged", []),
+            {"names": names, "date": new["date"], "git": new["git"]},
+        ],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat")
     parser.add_argument("--only", nargs="*", default=[], help="benchmark names to run")
     parser.add_argument("--out-dir", type=Path, default=BENCH)
     parser.add_argument("--timeout-s", type=float, default=1800, help="per benchmark")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the benchmarks run in the existing report (with --only)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     report: dict[str, Any] = {
@@ -300,6 +345,8 @@ def main() -> None:
         report["benchmarks"].append(run_one(bench, args.quick, args.timeout_s))
     report["load_end"] = load()
     report["seconds"] = round(time.monotonic() - started, 1)
+    if args.merge and (args.out_dir / "report.json").exists():
+        report = merged(json.loads((args.out_dir / "report.json").read_text()), report)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out_dir / "report.md").write_text(markdown(report))
