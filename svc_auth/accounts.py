@@ -18,6 +18,7 @@ before the password check (a success clears the account's count and gives the IP
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import uuid
@@ -32,6 +33,7 @@ from medmesh.audit import Actor, record_audit_event
 from medmesh.db import Database
 from medmesh.errors import (
     AlreadyExists,
+    DependencyUnavailable,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -198,8 +200,14 @@ class Accounts:
         await self._count_login_attempt(account, client_ip)
         user = None
         if len(email) <= MAX_EMAIL_LENGTH and len(password) <= MAX_PASSWORD_LENGTH:
-            async with self._database.read_connection() as conn:
-                user = await store.user_by_email(conn, email)
+            try:
+                async with self._database.read_connection() as conn:
+                    user = await store.user_by_email(conn, email)
+            except DependencyUnavailable:
+                # Nothing was checked: a client retrying through a PostgreSQL outage must
+                # not lock its account out.
+                await self._give_back_login_attempt(account, client_ip)
+                raise
         if not await self._hashing.verify(user["password_hash"] if user else None, password):
             await self._record_failed_login(account, client_ip, user)
             raise Unauthenticated("wrong e-mail or password")
@@ -335,6 +343,14 @@ class Accounts:
             if not verdict.allowed:
                 raise ResourceExhausted(
                     "too many sign-in attempts; try again later", verdict.retry_after_s
+                )
+
+    async def _give_back_login_attempt(self, account: str, client_ip: str) -> None:
+        with contextlib.suppress(DependencyUnavailable):
+            await self._limiter.refund("login-account", account, self._failure_rate)
+            if client_ip:
+                await self._limiter.refund(
+                    "login-ip", client_ip, self._config.login_failures_per_ip
                 )
 
     async def _login_succeeded(self, account: str, client_ip: str) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cryptography.fernet import Fernet
 from fault_stack import (
     Clinic,
     FaultStack,
@@ -22,6 +23,7 @@ from fault_stack import (
     running_ingest,
     wait_for_count,
 )
+from integration.auth.auth_harness import Mailbox, auth_settings, running_auth
 from support.tokens import TokenFactory
 
 from gen.medmesh.ingest.v1 import CreateStudyRequest, CreateTextNoteRequest, GetStudyRequest
@@ -35,6 +37,7 @@ UNAVAILABLE_WITHIN_S = 4.0
 RECOVERY_WITHIN_S = 30.0
 # The pool test's acquire timeout: far longer than any answer may take while PostgreSQL is down.
 LONG_ACQUIRE_TIMEOUT_S = 120.0
+SIGN_IN_FAILURES = 3  # the sign-in test's limit of failed attempts per account
 
 
 @pytest.fixture
@@ -163,3 +166,50 @@ async def test_postgres_down_fails_fast_with_unavailable_and_services_recover_wi
         f"{[round(s, 2) for _, s, _ in outcomes]} s; svc_ingest serving again "
         f"{recovered_s:.1f} s after PostgreSQL returned"
     )
+
+
+@pytest.fixture
+async def auth_on_own_postgres(
+    own_postgres: RestartablePostgres, redis_url: str, name_prefix: str, tmp_path: Path
+) -> AsyncIterator[Any]:
+    """svc_auth in this process on the test's PostgreSQL, three sign-in failures allowed per
+    account (no SMTP: sign-in sends no mail)."""
+    kek = Fernet.generate_key().decode()
+    settings = auth_settings(
+        postgres_url=own_postgres.url,
+        redis_url=redis_url,
+        prefix=name_prefix,
+        smtp_url="",
+        ready_file=tmp_path / "auth.ready.json",
+        kek=kek,
+        extra={"MEDMESH_AUTH_LOGIN_LIMIT_ACCOUNT": f"{SIGN_IN_FAILURES}/900"},
+    )
+    async with running_auth(settings, Mailbox(), kek) as auth:
+        yield auth
+
+
+async def test_sign_in_during_a_postgres_outage_is_unavailable_and_costs_the_account_no_attempt(
+    own_postgres: RestartablePostgres, auth_on_own_postgres: Any
+) -> None:
+    """Login while PostgreSQL is down answers UNAVAILABLE at once, and those calls (a client
+    retrying) are not counted as failed sign-ins: when PostgreSQL returns, the account signs
+    in with no restart. Before the fix each counted in Redis, and the account was locked out
+    (RESOURCE_EXHAUSTED even with the right password) by its own client's retries."""
+    auth = auth_on_own_postgres
+    address = await auth.create_user("clinic-a", ("clinician",))
+    assert (await auth.login(address)).access_token
+    own_postgres.stop()
+    outcomes = [await refused(auth.login(address)) for _ in range(SIGN_IN_FAILURES + 2)]
+    own_postgres.start()
+    answer: Any = None
+    async with asyncio.timeout(RECOVERY_WITHIN_S):
+        while answer is None or answer == grpc.StatusCode.UNAVAILABLE:
+            await asyncio.sleep(0.2)
+            try:
+                answer = await auth.login(address)
+            except grpc.aio.AioRpcError as exc:
+                answer = exc.code()
+    assert [code for code, _, _ in outcomes] == [grpc.StatusCode.UNAVAILABLE] * len(outcomes)
+    assert all("postgres" in details for _, _, details in outcomes), outcomes
+    assert not isinstance(answer, grpc.StatusCode), answer  # signed in, not locked out
+    assert answer.access_token
