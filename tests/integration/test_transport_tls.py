@@ -5,6 +5,7 @@ password, without the password showing in the error."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 import subprocess
@@ -521,3 +522,60 @@ async def test_the_compose_redis_command_admits_the_services_url_over_tls_and_no
         await open_redis(f"rediss://localhost:{compose_redis.port}/0", ca_file=ca_file, retries=0)
     with pytest.raises(DependencyUnavailable):  # no plaintext on the TLS port
         await open_redis(f"redis://localhost:{compose_redis.port}/0", retries=0)
+
+
+# --- compose's database roles, run for real on the TLS PostgreSQL ------------------------------
+
+
+def _compose_pg_url(url: str, server: TlsPostgresServer, ca: Path) -> str:
+    """A compose PostgreSQL URL pointed at the test server (its certificate names localhost)."""
+    return url.replace("@postgres:5432/", f"@localhost:{server.port}/").replace(
+        "sslrootcert=/certs/ca.crt", f"sslrootcert={ca}"
+    )
+
+
+async def test_the_compose_database_jobs_give_each_service_its_own_schema_only(
+    tls_postgres: TlsPostgresServer, pki: Pki
+) -> None:
+    from medmesh.migrate import migrate_all
+
+    services = compose()["services"]
+    roles_env = {k: interpolate(v) for k, v in services["db-roles"]["environment"].items()}
+    migrate_env = {k: interpolate(v) for k, v in services["migrate"]["environment"].items()}
+    # The db-roles job as the server's superuser (the compose image's POSTGRES_USER).
+    roles_env["MEDMESH_POSTGRES_URL"] = (
+        f"{tls_postgres.url}?sslmode=verify-full&sslrootcert={pki.ca}"
+    )
+    for env in (roles_env, migrate_env):
+        for name, value in env.items():
+            if name.endswith("_URL") and "@postgres:" in value:
+                env[name] = _compose_pg_url(value, tls_postgres, pki.ca)
+    script = REPO / "scripts" / "make_db_roles.py"
+    for _ in range(2):  # idempotent
+        await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, str(script)],
+            env=roles_env,
+            check=True,
+            capture_output=True,
+        )
+    await asyncio.to_thread(migrate_all, migrate_env)
+
+    ingest_url = _compose_pg_url(
+        compose_env("svc-ingest")["MEDMESH_INGEST_POSTGRES_URL"], tls_postgres, pki.ca
+    )
+    async with await psycopg.AsyncConnection.connect(ingest_url) as conn:
+        cursor = await conn.execute(
+            "SELECT current_user, ssl FROM pg_stat_ssl, current_user WHERE pid = pg_backend_pid()"
+        )
+        assert await cursor.fetchone() == ("medmesh_ingest", True)
+        cursor = await conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'ingest'"
+        )
+        (own_tables,) = await cursor.fetchone()
+        assert own_tables > 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("CREATE TABLE ingest.intruder (id int)")
+    async with await psycopg.AsyncConnection.connect(ingest_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("SELECT * FROM auth.users LIMIT 1")

@@ -69,7 +69,7 @@ def test_compose_schema_rejects_a_broken_file(path: tuple[str, ...], value: str)
 def test_every_service_in_compose_has_the_variables_its_settings_require(service: str) -> None:
     env = compose_env(f"svc-{service}")
     needed = required_variables(service) | DEGRADED_WITHOUT.get(service, set())
-    assert {name for name in needed if not env.get(name)} == set()
+    assert {name for name in needed if not service_variable(env, service, name)} == set()
     assert env["MEDMESH_GRPC_ADDR"] == "0.0.0.0:50051"
     assert env["MEDMESH_METRICS_ADDR"] == "0.0.0.0:9100"
     assert env["MEDMESH_OTLP_ENDPOINT"] == "http://jaeger:4317"
@@ -114,9 +114,19 @@ def test_the_edge_settings_in_compose_parse() -> None:
     assert edge.addr == "0.0.0.0:8080"
 
 
+def service_variable(env: dict[str, str], service: str, name: str) -> str:
+    """`name`'s value for `service`: its MEDMESH_<SVC>_ form first (per-service database URLs,
+    medmesh/settings.py), then the shared one."""
+    own = f"MEDMESH_{service.upper()}_{name.removeprefix('MEDMESH_')}"
+    return env.get(own) or env.get(name, "")
+
+
 def _known_variable(name: str, source: str) -> bool:
     if re.search(rf"\b{name}\b", source):
         return True
+    per_service = re.fullmatch(r"MEDMESH_(AUTH|INGEST|INFER|REPORT)_(POSTGRES(?:_READ)?_URL)", name)
+    if per_service and re.search(rf"MEDMESH_\{{[^}}]*\}}_{per_service.group(2)}\b", source):
+        return True  # read as f"MEDMESH_{service.upper()}_POSTGRES_URL" by medmesh/settings.py
     match = re.fullmatch(r"MEDMESH_([A-Z]+)_([A-Z0-9_]+)", name)
     config = REPO / f"svc_{match.group(1).lower()}" / "config.py" if match else None
     if match is None or config is None or not config.exists():
@@ -171,14 +181,14 @@ def test_each_compose_service_waits_for_every_host_its_variables_name(name: str)
 
 
 def test_compose_and_kubernetes_commands_run_modules_the_image_installs() -> None:
-    # The `certs` job runs a script mounted from scripts/, not a module of the image.
+    # The `certs` and `db-roles` jobs run scripts mounted from scripts/ (checked below).
     services = compose()["services"].values()
-    commands = [s["command"] for s in services if "build" in s and s is not compose_certs()]
+    commands = [s["command"] for s in services if "build" in s and not _runs_a_script(s)]
     commands += [
         c["command"]
         for doc in (*k8s("Deployment").values(), *k8s("Job").values())
         for c in doc["spec"]["template"]["spec"]["containers"]
-        if c["image"] == "medmesh"
+        if c["image"] in ("medmesh", "medmesh-models")
     ]
     assert len(commands) >= 10
     for command in commands:
@@ -202,15 +212,17 @@ def test_the_dockerfile_installs_every_package_as_a_non_root_user() -> None:
     assert "MEDMESH_GRPC_ADDR=0.0.0.0:50051" in dockerfile
 
 
-def compose_certs() -> dict:
-    """The `certs` one-shot job of compose.yaml."""
-    return compose()["services"]["certs"]
+def _runs_a_script(service: dict) -> bool:
+    return service["command"][1].startswith("/opt/medmesh-scripts/")
 
 
-def test_the_certs_job_runs_a_script_it_mounts_from_the_repository() -> None:
-    command = compose_certs()["command"]
-    mounts = dict(v.split(":")[:2][::-1] for v in compose_certs()["volumes"])
+@pytest.mark.parametrize("name", ["certs", "db-roles"])
+def test_the_one_shot_jobs_run_a_script_they_mount_from_the_repository(name: str) -> None:
+    service = compose()["services"][name]
+    command = service["command"]
+    mounts = dict(v.split(":")[:2][::-1] for v in service["volumes"])
     assert command[0] == "python"
+    assert _runs_a_script(service)
     assert (REPO / mounts[command[1]].removeprefix("./")).is_file()
 
 

@@ -242,7 +242,12 @@ def test_network_policies_let_each_service_reach_the_dependencies_it_is_configur
     env = compose_env(f"svc-{service}")
     needed = required_variables(service) | DEGRADED_WITHOUT.get(service, set())
     ports = set()
-    for value in (env[name] for name in needed | {"MEDMESH_OTLP_ENDPOINT"}):
+    own = f"MEDMESH_{service.upper()}_"  # per-service database URLs come first
+    values = [
+        env.get(own + name.removeprefix("MEDMESH_")) or env[name]
+        for name in needed | {"MEDMESH_OTLP_ENDPOINT"}
+    ]
+    for value in values:
         match = re.match(r"^[a-z+]+://(?:[^@/]*@)?([a-z0-9.-]+):(\d+)", value)
         if match and not match.group(1).startswith("svc-"):
             ports.add(_PRODUCTION_PORT.get(int(match.group(2)), int(match.group(2))))

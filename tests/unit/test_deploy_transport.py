@@ -259,6 +259,39 @@ def test_every_image_has_an_explicit_version_and_the_replaced_ones_are_gone() ->
 
 
 @pytest.mark.parametrize("service", SERVICES)
+def test_each_service_gets_only_its_own_database_role(service: str) -> None:
+    from medmesh.dbroles import default_role, role_of
+
+    env = compose_env(f"svc-{service}")
+    database_urls = {name for name in env if name.endswith("POSTGRES_URL")}
+    assert database_urls == {f"MEDMESH_{service.upper()}_POSTGRES_URL"}  # no admin, no migrator
+    assert role_of(env[f"MEDMESH_{service.upper()}_POSTGRES_URL"]) == default_role(service)
+    depends = _services()[f"svc-{service}"]["depends_on"]
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_the_database_jobs_create_the_roles_then_migrate_as_the_migration_role() -> None:
+    from medmesh.dbroles import default_role, role_of
+
+    roles, migrate = _services()["db-roles"], _services()["migrate"]
+    roles_env = compose_env("db-roles")
+    assert (
+        role_of(roles_env["MEDMESH_POSTGRES_URL"])
+        == _services()["postgres"]["environment"]["POSTGRES_USER"]
+    )
+    assert roles["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert migrate["command"] == ["medmesh", "migrate"]
+    assert migrate["depends_on"]["db-roles"]["condition"] == "service_completed_successfully"
+    migrate_env = compose_env("migrate")
+    assert role_of(migrate_env["MEDMESH_POSTGRES_MIGRATION_URL"]) == "medmesh_migrator"
+    assert "MEDMESH_POSTGRES_URL" not in migrate_env  # the superuser stays in db-roles
+    for service in SERVICES:  # the roles migrate grants, as the services will connect
+        url = f"MEDMESH_{service.upper()}_POSTGRES_URL"
+        assert role_of(migrate_env[url]) == default_role(service)
+        assert migrate_env[url] == roles_env[url] == compose_env(f"svc-{service}")[url]
+
+
+@pytest.mark.parametrize("service", SERVICES)
 def test_every_service_serves_grpc_over_tls_and_its_health_check_verifies_it(
     service: str,
 ) -> None:
