@@ -240,7 +240,8 @@ def render_tfserving(target: Path) -> None:
     for module in sorted(target.rglob("*.py*")):
         text = module.read_text(encoding="utf-8")
         module.write_text(_IMPORT.sub(rf"\1 {TFSERVING_PACKAGE}.\2\3", text), encoding="utf-8")
-    for package in sorted({target, *(p.parent for p in target.rglob("*.py"))}):
+    # Every directory a regular package, so setuptools' find (pyproject.toml) installs them all.
+    for package in sorted({target, *(p for p in target.rglob("*") if p.is_dir())}):
         (package / "__init__.py").touch()
     (target / "NOTICE").write_text(TFSERVING_NOTICE, encoding="utf-8")
 
