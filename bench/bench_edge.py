@@ -12,7 +12,9 @@ the way it does in production (to /dev/null here). One client at a time, keep-al
   floor    = GetStudy over grpc.aio, direct to the upstream;
   rest     = GET /v1/studies/s1 through the edge (Check + transcoding + forward), httpx;
   grpc-web = POST /medmesh.ingest.v1.IngestService/GetStudy through the edge, httpx;
-  http     = GET /healthz on the edge (uvicorn + httpx alone: the HTTP client/server floor).
+  http     = GET /healthz on the edge (uvicorn + httpx alone: the HTTP client/server floor);
+  check    = the ext_authz Check hop alone: one Check call over grpc.aio, direct to the same
+             Check peer, with a CheckRequest the edge would send (what the edge must add).
 
 Prints p50/p99 in ms for each, what the edge adds at p50 over the direct call (goal: at most
 1 ms), and the CPU time per call of this whole process (client, edge and servers together),
@@ -49,11 +51,13 @@ from gen.medmesh.ingest.v1 import GetStudyRequest, GetStudyResponse, Study  # no
 from medmesh.client import AsyncStub  # noqa: E402
 from medmesh.contract import DescriptorImage  # noqa: E402
 from medmesh.edge import EdgeSettings, serve_edge  # noqa: E402
+from medmesh.edge.authz import CHECK_PATH, HttpRequestInfo, encode_check_request  # noqa: E402
 from medmesh.server import GrpcServer  # noqa: E402
 from medmesh.telemetry import configure_logging  # noqa: E402
 
 INGEST = "medmesh.ingest.v1.IngestService"
 FLOOR = "floor: direct gRPC"
+CHECK = "the Check hop alone (direct)"
 ROUNDS = 4
 
 
@@ -137,9 +141,27 @@ async def main(calls: int, warmup: int) -> None:
     try:
         async with (
             grpc.aio.insecure_channel(upstream_addr) as channel,
+            grpc.aio.insecure_channel(authz_addr) as authz_channel,
             httpx.AsyncClient(base_url=url) as client,
         ):
             stub = AsyncStub(channel, INGEST, image)
+            check_call = authz_channel.unary_unary(CHECK_PATH)
+            check_request = encode_check_request(
+                HttpRequestInfo(
+                    method="GET",
+                    path="/v1/studies/s1",
+                    headers=[("host", url.split("//")[1]), ("accept", "*/*")],
+                    host=url.split("//")[1],
+                    scheme="http",
+                    protocol="HTTP/1.1",
+                    client=("127.0.0.1", 50000),
+                    server=("127.0.0.1", 8080),
+                    request_id="bench",
+                )
+            )
+
+            async def check_hop() -> None:
+                await check_call(check_request, timeout=2)
 
             async def direct() -> None:
                 await stub.get_study(request)
@@ -162,6 +184,7 @@ async def main(calls: int, warmup: int) -> None:
                 "edge REST": rest,
                 "edge gRPC-Web": grpc_web,
                 "edge /healthz (HTTP floor)": health,
+                CHECK: check_hop,
             }
             # Interleaved in rounds, so that a busy moment on the shared machine lands on
             # every path rather than on whichever ran then.
@@ -180,6 +203,7 @@ async def main(calls: int, warmup: int) -> None:
     floor50, floor99 = _p(results[FLOOR], 50), _p(results[FLOOR], 99)
     floor_cpu = statistics.median(cpu[FLOOR]) * 1e6
     http50 = _p(results["edge /healthz (HTTP floor)"], 50)
+    check50 = _p(results[CHECK], 50)
     print(f"{len(results[FLOOR])} sequential calls each, after warm-up; ms")
     print(f"{'':30} {'p50':>8} {'p99':>8} {'p50/floor':>10} {'p50-floor':>10} {'CPU us/call':>12}")
     for name, samples in results.items():
@@ -202,7 +226,8 @@ async def main(calls: int, warmup: int) -> None:
                 goal="adds <= 1 ms p50",
                 met=p50 - floor50 <= 1.0,
                 note=f"{p50 - http50:.2f} ms over the edge's bare HTTP round trip (/healthz p50"
-                f" {http50:.2f} ms), which includes the httpx client's own cost",
+                f" {http50:.2f} ms), which includes the httpx client's own cost; the ext_authz"
+                f" Check hop alone (a direct Check call) p50 {check50:.2f} ms",
             )
 
 
