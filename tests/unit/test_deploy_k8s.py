@@ -115,7 +115,11 @@ def test_each_service_deployment_is_probed_over_grpc_and_drains_before_it_is_kil
     assert {p["containerPort"] for p in container["ports"]} == {50051, 9100}
     env = k8s_env(service)
     needed = required_variables(service) | DEGRADED_WITHOUT.get(service, set())
-    assert {name for name in needed if not env.get(name)} == set()
+    own = f"MEDMESH_{service.upper()}_"  # per-service database URLs stand for the shared one
+    missing = {n for n in needed if not (env.get(own + n.removeprefix("MEDMESH_")) or env.get(n))}
+    assert missing == set()
+    # Its own database role only: no shared (admin) URL, no migration role in a service pod.
+    assert {n for n in env if n.endswith("POSTGRES_URL")} == {f"{own}POSTGRES_URL"}
 
 
 MIN_REPLICAS = {"svc-auth": 2, "svc-ingest": 2, "svc-infer": 2, "svc-report": 2, "envoy": 3}

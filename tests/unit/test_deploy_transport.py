@@ -362,14 +362,37 @@ def _example_secrets() -> dict[str, dict[str, str]]:
     }
 
 
+def test_the_kubernetes_migrate_job_migrates_as_the_migration_role_for_every_service_role() -> None:
+    secrets = _example_secrets()["medmesh-secrets"]
+    job = k8s("Job")["medmesh-migrate"]["spec"]["template"]["spec"]
+    [container] = job["containers"]
+    assert container["command"] == ["medmesh", "migrate"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]}
+    assert refs == {
+        "MEDMESH_POSTGRES_MIGRATION_URL": "postgres-migration-url",
+        **{f"MEDMESH_{s.upper()}_POSTGRES_URL": f"postgres-url-{s}" for s in SERVICES},
+    }
+    for key in refs.values():
+        assert key in secrets
+        assert "sslmode=verify-full" in secrets[key]
+    from medmesh.dbroles import default_role, role_of
+
+    assert role_of(secrets["postgres-migration-url"]) == "medmesh_migrator"
+    for service in SERVICES:
+        assert role_of(secrets[f"postgres-url-{service}"]) == default_role(service)
+
+
 def test_the_example_secrets_hold_placeholders_only_and_tls_urls() -> None:
     secrets = _example_secrets()
     for name, values in secrets.items():
         for key, value in values.items():
             assert "CHANGE-ME" in value, (name, key)  # nothing usable as a default
     urls = secrets["medmesh-secrets"]
-    postgres = {k: v[0] for k, v in parse_qs(urlsplit(urls["postgres-url"]).query).items()}
-    assert postgres["sslmode"] == "verify-full"
+    database_urls = [v for k, v in urls.items() if k.startswith("postgres-")]
+    assert len(database_urls) == 5  # four service roles and the migration role
+    for url in database_urls:
+        postgres = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        assert postgres["sslmode"] == "verify-full"
     assert urls["redis-url"].startswith("rediss://")
     assert urls["nats-url"].startswith("tls://")
     assert urls["s3-url"].startswith("https://")
