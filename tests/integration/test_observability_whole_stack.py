@@ -187,6 +187,11 @@ def test_one_studys_spans_form_one_trace_from_upload_file_to_the_report_mail(
     )
 
     # The README's span tree is this file (pytest's basetemp, observe*/trace-tree.txt).
+    (observed.stack.data_dir.parent / "trace-tree-compact.txt").write_text(
+        f"trace {notify.trace_id}\n"
+        f"{render_tree(spans, attributes=('medmesh.study_id',), compact=True)}\n\n"
+        f"linked batch trace {batch.trace_id}\n{render_tree(batch_trace, compact=True)}\n"
+    )
     (observed.stack.data_dir.parent / "trace-tree.txt").write_text(
         f"trace {notify.trace_id}\n{render_tree(spans, attributes=('medmesh.study_id',))}\n\n"
         f"linked batch trace {batch.trace_id}\n{render_tree(batch_trace)}\n"

@@ -103,9 +103,12 @@ def otlp_receiver() -> Iterator[tuple[str, TraceCollector]]:
         server.stop(grace=None)
 
 
-def render_tree(spans: list[ReceivedSpan], *, attributes: tuple[str, ...] = ()) -> str:
+def render_tree(
+    spans: list[ReceivedSpan], *, attributes: tuple[str, ...] = (), compact: bool = False
+) -> str:
     """The spans as an indented tree (children under parents, in start order): service, kind,
-    name, duration, the chosen attributes, and links to spans outside the tree."""
+    name, duration, the chosen attributes, and links to spans outside the tree. `compact`
+    folds the leaf client spans (PostgreSQL, Redis) under each span into one counted line."""
     by_id = {s.span_id: s for s in spans}
     children: dict[str, list[ReceivedSpan]] = {}
     roots = []
@@ -116,6 +119,10 @@ def render_tree(spans: list[ReceivedSpan], *, attributes: tuple[str, ...] = ()) 
             roots.append(span)
     lines: list[str] = []
 
+    def folded(span: ReceivedSpan) -> bool:
+        system = span.attributes.get("db.system", span.attributes.get("db.system.name"))
+        return compact and span.kind == "client" and bool(system) and span.span_id not in children
+
     def walk(span: ReceivedSpan, depth: int) -> None:
         ms = (span.end_ns - span.start_ns) / 1e6
         shown = " ".join(f"{k}={span.attributes[k]}" for k in attributes if k in span.attributes)
@@ -125,8 +132,18 @@ def render_tree(spans: list[ReceivedSpan], *, attributes: tuple[str, ...] = ()) 
             f"{'  ' * depth}{service:<7} {span.kind:<8} {span.name}  {ms:.1f} ms"
             f"{'  ' + shown if shown else ''}{linked}"
         )
+        calls: dict[str, int] = {}
         for child in children.get(span.span_id, []):
-            walk(child, depth + 1)
+            if folded(child):
+                system = child.attributes.get("db.system", child.attributes.get("db.system.name"))
+                key = f"{system} {child.name.split(' ', 1)[0]}"
+                calls[key] = calls.get(key, 0) + 1
+        if calls:
+            summary = ", ".join(f"{name} x{n}" for name, n in sorted(calls.items()))
+            lines.append(f"{'  ' * (depth + 1)}{service:<7} client   {summary}")
+        for child in children.get(span.span_id, []):
+            if not folded(child):
+                walk(child, depth + 1)
 
     for root in roots:
         walk(root, 0)
