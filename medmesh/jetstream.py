@@ -14,7 +14,9 @@ of the request that created the job. A dead letter is a `medmesh.events.v1.DeadL
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import hashlib
+import re
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol, Self, TypeVar
 
@@ -69,6 +71,18 @@ class ProtoMessage(Protocol):
 
 M = TypeVar("M", bound=ProtoMessage)
 
+# A lane token is a clinic id as it is when it is a plain subject token (svc_auth's clinic ids
+# always are), else `_h` + a hash of it (a `_` start: no plain id can be one).
+_LANE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}|_h[0-9a-f]{32}")
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
+
+def lane_token(clinic_id: str) -> str:
+    """The subject token of a clinic's lanes (and the suffix of their consumers' names)."""
+    if _PLAIN_TOKEN.fullmatch(clinic_id):
+        return clinic_id
+    return "_h" + hashlib.sha256(clinic_id.encode()).hexdigest()[:32]
+
 
 @dataclass(frozen=True)
 class RawPayload:
@@ -115,6 +129,9 @@ class ConsumerSpec:
     ack_wait_s: float = DEFAULT_ACK_WAIT_S
     max_ack_pending: int = 64
     backoff_s: tuple[float, ...] = ()
+    inactive_threshold_s: float | None = None
+    """Set on clinic lanes (Topology.lane_consumer): the server deletes a lane's consumer
+    after this long without a fetch."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.ack_wait_s <= 0:
@@ -132,6 +149,7 @@ class ConsumerSpec:
             ack_wait=self.ack_wait_s,
             filter_subject=self.filter_subject,
             max_ack_pending=self.max_ack_pending,
+            inactive_threshold=self.inactive_threshold_s,
         )
 
 
@@ -189,6 +207,50 @@ class Topology:
     def deliver_subject(self) -> str:
         """Jobs that push a report to the clinic's MIS."""
         return self.subject("jobs.deliver")
+
+    # Clinic lanes (fair scheduling, medmesh.consumers.LanedPullConsumer).
+    @property
+    def laned_subjects(self) -> tuple[str, ...]:
+        """Job subjects published per clinic: `<job subject>.<clinic token>`."""
+        return (self.infer_image_subject, self.infer_text_subject)
+
+    def lane_subject(self, job_subject: str, clinic_id: str) -> str:
+        """The clinic's lane of a laned job subject (`<root>.jobs.infer.image.clinic-a`);
+        producers publish there so that one clinic's flood cannot starve another's jobs."""
+        if job_subject not in self.laned_subjects:
+            raise ValueError(f"{job_subject!r} has no clinic lanes")
+        return f"{job_subject}.{lane_token(clinic_id)}"
+
+    def publish_subject(self, job_subject: str, clinic_id: str) -> str:
+        """Where to publish a job of `clinic_id`: its lane when `job_subject` has lanes (and
+        the clinic is known), else `job_subject` itself."""
+        if job_subject in self.laned_subjects and clinic_id:
+            return self.lane_subject(job_subject, clinic_id)
+        return job_subject
+
+    def job_subject_of(self, subject: str) -> str:
+        """The job subject of a lane (`<root>.jobs.infer.image.clinic-a` → `<root>.jobs.infer.
+        image`); any other subject as it is. Dead letters, listings and status changes name
+        the job subject: the lane is a scheduling detail (the clinic is in the payload)."""
+        base, _, token = subject.rpartition(".")
+        return base if base in self.laned_subjects and _LANE_TOKEN.fullmatch(token) else subject
+
+    def lane_of(self, subject: str) -> str:
+        """The lane token of a lane subject, "" for a job subject published without one."""
+        base, _, token = subject.rpartition(".")
+        return token if base in self.laned_subjects and _LANE_TOKEN.fullmatch(token) else ""
+
+    def lane_consumer(self, spec: ConsumerSpec, token: str) -> ConsumerSpec:
+        """The durable consumer of one clinic lane of `spec`'s subject (`<durable>_lane_<token>`;
+        base durables hold no `_`, so no lane name equals another consumer's). The server
+        deletes it after `max_age_s` plus an hour without a fetch: by then every message it
+        could deliver has expired, so a lane created again later starts from nothing old."""
+        return replace(
+            spec,
+            durable=f"{spec.durable}_lane_{token}",
+            filter_subject=f"{spec.filter_subject}.{token}",
+            inactive_threshold_s=self.max_age_s + 3600.0,
+        )
 
     def study_event_subject(self, status: str) -> str:
         """`<root>.events.study.<status>`; status is one lowercase token (`uploaded`)."""
@@ -428,7 +490,9 @@ async def publish_dead_letter(
     subject, delivery count, error, headers) and publish it on `<root>.dlq.<tail>`.
 
     `clinic_id` comes from the decoded job (the payload is opaque here); listing dead letters
-    filters by it. `attempts` defaults to the delivery count (a job whose attempts ran out
+    filters by it. A job from a clinic lane is filed under its job subject
+    (`Topology.job_subject_of`): listings, replays and the DLQ subject name the kind of job.
+    `attempts` defaults to the delivery count (a job whose attempts ran out
     through ack timeouts is dead-lettered on the delivery after its last attempt). The
     envelope's Msg-Id is derived from the job's stream sequence, so a consumer that crashes
     between dead-lettering and acking does not dead-letter it twice.
@@ -441,8 +505,9 @@ async def publish_dead_letter(
         delivered, dedup_id = 1, None
     attempts = delivered if attempts is None else attempts
     now = datetime.now(UTC)
+    subject = topology.job_subject_of(msg.subject)
     envelope = DeadLetterEnvelope(
-        original_subject=msg.subject,
+        original_subject=subject,
         payload=msg.data,
         error=error,
         attempts=attempts,
@@ -454,7 +519,7 @@ async def publish_dead_letter(
     )
     return await publish_message(
         js,
-        topology.dlq_subject(msg.subject),
+        topology.dlq_subject(subject),
         envelope,
         msg_id=dedup_id,
         headers={CLINIC_ID_HEADER: clinic_id} if clinic_id else None,

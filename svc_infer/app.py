@@ -17,7 +17,7 @@ from gen.medmesh.common.v1 import AnalysisKind
 from medmesh.audit import DeniedAccessRecorder
 from medmesh.audit_writer import AuditWriter
 from medmesh.db import Database
-from medmesh.objects import ObjectStore
+from medmesh.objects import RAW_IMAGES, ObjectStore
 from medmesh.outbox import Outbox, OutboxRelay
 from medmesh.resources import (
     JetStream,
@@ -91,6 +91,7 @@ async def start_workers(
         ),
         writer=writer,
         config=config,
+        raw_bucket=objects.bucket(RAW_IMAGES),
     )
     text = JobConsumer(
         spec=topology.infer_text_consumer,
@@ -102,6 +103,7 @@ async def start_workers(
         pipeline=TextPipeline(objects, client, catalog, timeout_s=config.predict_timeout_s),
         writer=writer,
         config=config,
+        raw_bucket=objects.bucket(RAW_IMAGES),
     )
     await image.start(stack)
     await text.start(stack)

@@ -45,6 +45,9 @@ class InferConfig:
     hold while they are downloaded and decoded (estimated from each header before decoding);
     images that do not fit together decode one after another, and an image that alone needs
     more is dead-lettered at once. A worker holds at most `concurrency` times this."""
+    lane_refresh_s: float = 2.0
+    """MEDMESH_INFER_LANE_REFRESH_S: how often a worker re-reads the clinic lanes of its jobs
+    and their counts (medmesh.lanes; new jobs also announce themselves at once)."""
     header_bytes: int = 1024**2
     """MEDMESH_INFER_HEADER_BYTES: how much of each image is read first to find its header
     (keep it at least MEDMESH_INGEST_HEADER_WINDOW_BYTES)."""
@@ -59,6 +62,8 @@ class InferConfig:
                 "MEDMESH_INFER_BATCH_DECODE_BUDGET_BYTES must be at least 64 MiB and"
                 " MEDMESH_INFER_HEADER_BYTES at least 1 KiB"
             )
+        if self.lane_refresh_s <= 0:
+            raise SettingsError("MEDMESH_INFER_LANE_REFRESH_S must be positive")
         if not 0 < self.result_ttl_s <= 3600:
             raise SettingsError("MEDMESH_INFER_RESULT_TTL_S must be within 1..3600")
 

@@ -189,7 +189,7 @@ class DeadLetters:
             await republish_dead_letter(
                 self._jetstream.js,
                 letter.dead_letter_id,
-                letter.subject,
+                self._jetstream.topology.publish_subject(letter.subject, letter.clinic_id),
                 letter.payload,
                 dict(letter.headers),
             )

@@ -18,7 +18,6 @@ past the ack wait) is dead-lettered before any work.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,10 +30,11 @@ from opentelemetry import trace
 
 from gen.medmesh.common.v1 import AnalysisKind, FileKind
 from gen.medmesh.events.v1 import InferenceJob
-from medmesh.consumers import PullConsumer
 from medmesh.db import Database
 from medmesh.errors import DomainError
-from medmesh.jetstream import ConsumerSpec
+from medmesh.jetstream import ConsumerSpec, Topology, lane_token
+from medmesh.lanes import LanedPullConsumer
+from medmesh.objects import RAW_IMAGES
 from medmesh.resources import JetStream
 from medmesh.settle import Attempt, Settler
 from medmesh.telemetry import message_context, producer_links, trace_headers
@@ -57,6 +57,31 @@ _KINDS: dict[AnalysisKind, frozenset[FileKind]] = {
 }
 
 
+def misrouted(
+    job: InferenceJob, subject: str, topology: Topology, raw_buckets: frozenset[str]
+) -> str:
+    """Why the job must not be worked on (a forged or misrouted message), or "".
+
+    Checked before anything is read: the object must be in the raw images bucket and its key
+    under the job's clinic (`<clinic>/...`: ingest keys accepted files so; the staging area
+    of presigned uploads, `staging/...`, is never a job's object), and a job from a clinic
+    lane must be that clinic's. Dead-lettered at once: no retry changes the message.
+    """
+    lane = topology.lane_of(subject)
+    if lane and lane != lane_token(job.clinic_id):
+        return f"a job of clinic {job.clinic_id!r} arrived on the lane of {lane!r}"
+    if job.bucket not in raw_buckets:
+        return f"bucket {job.bucket!r} is not the raw images bucket"
+    segments = job.object_key.split("/")
+    if (
+        len(segments) < 2
+        or segments[0] != job.clinic_id
+        or any(s in {"", ".", ".."} for s in segments[1:])
+    ):
+        return f"object key {job.object_key!r} is not under clinic {job.clinic_id!r}"
+    return ""
+
+
 class JobConsumer:
     """One durable consumer (image or text) and its batch loop."""
 
@@ -72,7 +97,9 @@ class JobConsumer:
         pipeline: ImagePipeline | TextPipeline,
         writer: ResultWriter,
         config: InferConfig,
+        raw_bucket: str = "",
     ) -> None:
+        """`raw_bucket` is the real name of the raw images bucket (jobs name it so)."""
         self.spec = spec
         self._kind = kind
         self._model_name = model_name
@@ -83,26 +110,34 @@ class JobConsumer:
         self._writer = writer
         self._config = config
         self._settler = Settler(jetstream, spec, config.retry_backoff_s)
-        self._consumer: PullConsumer | None = None
+        self._consumer: LanedPullConsumer | None = None
+        self._raw_buckets = frozenset({"", RAW_IMAGES, raw_bucket or RAW_IMAGES})
         self.batches_handled = 0
 
+    @property
+    def consumer(self) -> LanedPullConsumer | None:
+        """The running fetch loop (tests look at its lanes)."""
+        return self._consumer
+
     async def start(self, stack: AsyncExitStack) -> None:
-        """Bind to the durable consumer (the topology declared it) and run the shared pull
-        loop (medmesh.consumers) until the stack closes: micro-batches of up to `batch_size`
-        jobs filled for `batch_wait_ms`, `concurrency` of them in flight, each given
-        STOP_GRACE_S to settle at shutdown."""
-        self._consumer = PullConsumer(
+        """Bind to the durable consumers (the topology declared the job subject's; each clinic
+        lane's is declared when first seen) and run the fair pull loop (medmesh.lanes) until
+        the stack closes: micro-batches of up to `batch_size` jobs filled for
+        `batch_wait_ms`, shared among the clinics with waiting jobs, `concurrency` of them
+        in flight, each given STOP_GRACE_S to settle at shutdown."""
+        self._consumer = LanedPullConsumer(
+            self._jetstream.nc,
             self._jetstream.js,
-            self.spec.stream,
-            self.spec.config(),
+            self._jetstream.topology,
+            self.spec,
             self._handle,
             name=self.spec.durable,
-            declare=False,
             batch_size=self._config.batch_size,
             fetch_timeout_s=IDLE_FETCH_TIMEOUT_S,
             fill_wait_s=self._config.batch_wait_ms / 1000.0,
             concurrency=self._config.concurrency,
             stop_grace_s=STOP_GRACE_S,
+            refresh_s=self._config.lane_refresh_s,
         )
         await self._consumer.start(stack)
         log.info("consumer.started", consumer=self.spec.durable, model=self._model_name)
@@ -153,8 +188,8 @@ class JobConsumer:
                 span.set_attribute("medmesh.study_id", delivery.job.study_id)
                 span.set_attribute("medmesh.job_id", delivery.job.job_id)
                 deliveries.append(delivery)
-        with contextlib.suppress(Exception):
-            metrics.QUEUE_PENDING.labels(self.spec.durable).set(messages[-1].metadata.num_pending)
+        if self._consumer is not None:  # every clinic lane's jobs not delivered yet
+            metrics.QUEUE_PENDING.labels(self.spec.durable).set(self._consumer.waiting)
         if not deliveries:
             return
         try:
@@ -173,6 +208,9 @@ class JobConsumer:
             problem = "" if job.kind in _KINDS[self._kind] else f"kind {job.kind!r} is wrong here"
             if not (job.job_id and job.study_id and job.file_id and job.clinic_id):
                 problem = problem or "job_id, clinic_id, study_id and file_id are required"
+            problem = problem or misrouted(
+                job, msg.subject, self._jetstream.topology, self._raw_buckets
+            )
         except Exception as exc:  # noqa: BLE001 - any parse failure means "not a job"
             job, problem = InferenceJob(), f"undecodable InferenceJob: {exc}"
         if problem:

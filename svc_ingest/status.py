@@ -144,7 +144,7 @@ class StudyEvents:
         """Relay hook: a published inference job moves its file from STORED to QUEUED."""
         job_subjects = {self.topology.infer_image_subject, self.topology.infer_text_subject}
         for message in messages:
-            if message.subject not in job_subjects:
+            if self.topology.job_subject_of(message.subject) not in job_subjects:
                 continue
             job = InferenceJob.FromString(message.payload)
             await self._file_change(

@@ -270,6 +270,8 @@ class Uploads:
             enqueue_time=now,
             study_file_count=file_count,
         )
+        # The clinic's lane: one clinic's flood cannot starve others' jobs (medmesh.lanes).
+        subject = topology.publish_subject(subject, identity.clinic_id)
         await self._outbox.enqueue(conn, subject, job, msg_id=job_id)
         await self._events.record_change(
             conn, study, now, file_id=str(file_id), reason="file stored"

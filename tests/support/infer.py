@@ -1,8 +1,8 @@
 """Helpers of svc_infer's integration tests: the harness around a running service.
 
 Jobs are published here the way svc_ingest's outbox relay publishes them (an InferenceJob
-on `<root>.jobs.infer.image|text`, Msg-Id = job id), with the file put in the raw bucket
-first; svc_ingest itself does not run.
+on the clinic's lane `<root>.jobs.infer.image|text.<clinic>`, Msg-Id = job id), with the file
+put in the raw bucket first; svc_ingest itself does not run.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ class InferHarness:
             if job.kind == FileKind.TEXT_NOTE
             else self.topology.infer_image_subject
         )
+        subject = self.topology.publish_subject(subject, job.clinic_id)  # the clinic's lane
         await publish_message(self.js, subject, job, msg_id=msg_id or job.job_id)
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -157,11 +158,13 @@ class InferHarness:
 
 
 async def wait_until_consumed(infer: InferHarness, durable: str, timeout_s: float = 120) -> None:
-    """Until the consumer has no pending and no unacknowledged message."""
+    """Until the consumer and its clinic lanes (`<durable>_lane_<clinic>`, medmesh.lanes) have
+    no pending and no unacknowledged message."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
-        info = await infer.js.consumer_info(infer.topology.jobs_stream, durable)
-        if info.num_pending == 0 and info.num_ack_pending == 0:
+        infos = await infer.js.consumers_info(infer.topology.jobs_stream)
+        mine = [i for i in infos if i.name == durable or i.name.startswith(f"{durable}_lane_")]
+        if mine and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in mine):
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"{durable} did not drain")

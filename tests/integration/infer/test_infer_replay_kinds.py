@@ -1,7 +1,7 @@
 """ReplayDeadLetter for every kind of dead letter: the original payload goes back on its
-original subject, marked as a replay (so its consumer reopens what the failure closed), and a
-letter of a subject no consumer handles is refused with FAILED_PRECONDITION, not published
-into the void."""
+original subject (an inference job on its clinic's lane), marked as a replay (so its consumer
+reopens what the failure closed), and a letter of a subject no consumer handles is refused
+with FAILED_PRECONDITION, not published into the void."""
 
 from __future__ import annotations
 
@@ -97,8 +97,11 @@ async def test_every_kind_of_dead_letter_is_replayed_on_its_subject_with_its_pay
     )
 
     assert replayed.dead_letter.replay_time is not None
-    stream = await infer.js.find_stream_name_by_subject(subject)
-    message = await infer.js.get_last_msg(stream, subject)
+    # Inference jobs go back on the clinic's lane (fair scheduling), the others as they were.
+    published_on = infer.topology.publish_subject(subject, CLINIC)
+    assert published_on != subject or subject not in infer.topology.laned_subjects
+    stream = await infer.js.find_stream_name_by_subject(published_on)
+    message = await infer.js.get_last_msg(stream, published_on)
     assert message.data == payload
     headers = message.headers or {}
     assert headers[REPLAY_HEADER] == name.removeprefix("deadLetters/")

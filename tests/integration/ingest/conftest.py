@@ -152,7 +152,7 @@ class Ingest:
         return [
             InferenceJob.FromString(data)
             for subj, data, _ in await self.stream_messages(self.topology.jobs_stream)
-            if subj in subjects
+            if self.topology.job_subject_of(subj) in subjects
         ]
 
     async def stream_messages(self, stream: str) -> list[tuple[str, bytes, dict[str, str]]]:
