@@ -392,9 +392,10 @@ def test_dashboard_uids_are_unique_and_the_json_is_what_the_generator_writes() -
 # --- Filebeat ---------------------------------------------------------------------------------
 
 
-def real_log_line() -> dict[str, Any]:
-    """One JSON line exactly as a medmesh service writes it (telemetry's configuration),
-    inside a span so the trace ids are there; the global logging setup is restored after."""
+def real_log_lines() -> list[dict[str, Any]]:
+    """JSON lines exactly as a medmesh service writes them (telemetry's configuration), one
+    from structlog and one from a library's stdlib logger, inside a span so the trace ids are
+    there; the global logging setup is restored after."""
     from medmesh.telemetry import configure_logging
 
     saved_structlog = structlog.get_config()
@@ -407,13 +408,14 @@ def real_log_line() -> dict[str, Any]:
         configure_logging("ingest", "info")
         with TracerProvider().get_tracer("test").start_as_current_span("upload"):
             structlog.get_logger("svc_ingest").info("study.created", study_id="s-1")
+            logging.getLogger("nats.aio.client").warning("disconnected")
     finally:
         sys.stdout = saved_stdout
         structlog.configure(**saved_structlog)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(**saved_context)
         root.handlers[:], root.level = saved_handlers, saved_level
-    return json.loads(buffer.getvalue().splitlines()[-1])
+    return [json.loads(line) for line in buffer.getvalue().splitlines()[-2:]]
 
 
 def test_filebeat_decodes_the_json_lines_and_maps_every_common_field_to_ecs() -> None:
@@ -429,13 +431,15 @@ def test_filebeat_decodes_the_json_lines_and_maps_every_common_field_to_ecs() ->
         for field in p["rename"]["fields"]
     }  # fmt: skip
     timestamp = next(p["timestamp"] for p in processors if "timestamp" in p)
-    line = real_log_line()
-    extra = {"study_id"}  # the event's own fields stay under the target
-    common = {f"{target}.{key}" for key in line.keys() - extra}
-    assert {f"{target}.trace_id", f"{target}.service"} <= common
-    assert common - renamed == {timestamp["field"]}
-    assert line["service"] == "ingest"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["timestamp"])
+    native, stdlib = real_log_lines()
+    assert stdlib["logger"] == "nats.aio.client"
+    for line in (native, stdlib):
+        extra = {"study_id"}  # the event's own fields stay under the target
+        common = {f"{target}.{key}" for key in line.keys() - extra}
+        assert {f"{target}.trace_id", f"{target}.service"} <= common
+        assert common - renamed == {timestamp["field"]}
+        assert line["service"] == "ingest"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["timestamp"])
 
 
 # --- TF Serving -------------------------------------------------------------------------------
