@@ -111,6 +111,15 @@ class Failed(Exception):
     """An error (transport, 5xx, unexpected 4xx): already counted."""
 
 
+def _message(response: httpx.Response) -> str:
+    """The google.rpc.Status message of an error response (ids cut off), or its text."""
+    try:
+        message = str(response.json().get("message", ""))
+    except ValueError:
+        message = response.text
+    return message.split(":")[0][:120]
+
+
 def _png(rng: random.Random) -> bytes:
     noise = np.random.default_rng(rng.getrandbits(32)).integers(0, 255, (96, 96), dtype=np.uint8)
     ok, encoded = cv2.imencode(".png", noise)
@@ -158,7 +167,7 @@ class LoadClient:
             raise RateLimited(float(response.headers.get("retry-after", "1") or 1))
         if status >= 400:
             self.stats.add(route, started, str(status))
-            self.stats.errors.append(f"{route}: {status} {response.text[:200]}")
+            self.stats.errors.append(f"{route}: {status} {_message(response)}")
             raise Failed
         self.stats.add(route, started, "ok")
         return response
@@ -544,8 +553,9 @@ def report(
             f" {sum(counts.values()) - counts['ok'] - counts['429']:5d}"
             f" {_p(values, 50):8.1f} {_p(values, 99):8.1f}"
         )
-    for line in stats.errors[:20]:
-        print(f"  error: {line}")
+    kinds = Counter(stats.errors)
+    for line, count in kinds.most_common(15):
+        print(f"  error x{count}: {line}")
     print(
         f"uploaded studies {outcome['studies']}: complete (results + READY report)"
         f" {outcome['complete']}, lost {outcome['lost']}, duplicated results"
@@ -576,6 +586,7 @@ def report(
         goal="0 errors",
         met=errors == 0,
         note=f"p50/p99 ms per route: {per_route}",
+        errors=dict(Counter(stats.errors).most_common(15)),
         routes=routes,
         load_before=list(load_before),
         load_after=list(load_after),
