@@ -1,11 +1,12 @@
 # syntax=docker/dockerfile:1
-# One image for every medmesh process; the command picks which one runs:
+# One image for the medmesh services; the command picks which one runs:
 #   python -m svc_auth | svc_ingest | svc_infer | svc_report   (gRPC :50051, metrics :9100)
 #   python -m medmesh.edge                                     (the embedded HTTP gateway)
-#   python -m svc_infer.model_server --model-base /models --host 0.0.0.0 --port 8500
-#   medmesh models build --base-dir /models                    (one-shot model export)
 #   medmesh migrate                                            (one-shot schema migrations)
 #   python -m medmesh.healthcheck 127.0.0.1:50051              (container healthcheck)
+# and, from `--target models` (the same plus TensorFlow; see the models stage below):
+#   python -m svc_infer.model_server --model-base /models --host 0.0.0.0 --port 8500
+#   medmesh models build --base-dir /models                    (one-shot model export)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG NODE_IMAGE=node:20-bookworm-slim
@@ -21,22 +22,26 @@ COPY gen/ts /src/gen/ts
 COPY web ./
 RUN npm run build
 
-# --- build: resolve and install every dependency into a self-contained virtualenv ---------
-FROM ${PYTHON_IMAGE} AS build
+# --- build: resolve and install the dependencies into a self-contained virtualenv ---------
+# Two virtualenvs from one base: `build` for the services (no TensorFlow, no embedded servers,
+# no dev tools), `build-models` adding the `models` extra (TensorFlow) for `medmesh models
+# build` and the local model server. Dependencies first, from pyproject alone, so a code change
+# does not reinstall them: an empty skeleton of the packages lets `pip install .` resolve them,
+# then the real tree replaces it.
+FROM ${PYTHON_IMAGE} AS build-base
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/medmesh
+RUN python -m venv /opt/medmesh \
+ && /opt/medmesh/bin/pip install --upgrade pip
 ENV PATH=/opt/medmesh/bin:$PATH
 WORKDIR /src
-# Dependencies first, from pyproject alone, so a code change does not reinstall TensorFlow:
-# an empty skeleton of the packages lets `pip install .` resolve them, then the real tree
-# replaces it.
 COPY pyproject.toml README.md ./
 RUN mkdir -p medmesh gen svc_auth svc_ingest svc_infer svc_report \
- && for p in medmesh gen svc_auth svc_ingest svc_infer svc_report; do touch "$p/__init__.py"; done \
- && pip install --upgrade pip \
- && pip install . \
+ && for p in medmesh gen svc_auth svc_ingest svc_infer svc_report; do touch "$p/__init__.py"; done
+
+FROM build-base AS build
+RUN pip install . \
  && pip uninstall -y medmesh \
  && rm -rf medmesh gen svc_auth svc_ingest svc_infer svc_report build medmesh.egg-info
 COPY medmesh ./medmesh
@@ -49,10 +54,15 @@ COPY svc_report ./svc_report
 # silently pulling something in.
 RUN pip install --no-deps . && pip check
 
-# --- runtime: the virtualenv, a non-root user, nothing else ------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
-LABEL org.opencontainers.image.title="medmesh" \
-      org.opencontainers.image.description="medmesh services, edge and local model server"
+FROM build-base AS build-models
+RUN pip install ".[models]" \
+ && pip uninstall -y medmesh \
+ && rm -rf medmesh gen svc_auth svc_ingest svc_infer svc_report build medmesh.egg-info
+COPY --from=build /src /src
+RUN pip install --no-deps ".[models]" && pip check
+
+# --- runtime: a virtualenv, a non-root user, nothing else ---------------------------------
+FROM ${PYTHON_IMAGE} AS runtime-base
 ENV PATH=/opt/medmesh/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -66,10 +76,6 @@ RUN groupadd --system --gid 10001 medmesh \
         --shell /usr/sbin/nologin medmesh \
  && mkdir -p /models \
  && chown medmesh:medmesh /models
-COPY --from=build /opt/medmesh /opt/medmesh
-# The built web app, served by `python -m medmesh.edge` with its Content-Security-Policy.
-COPY --from=web /src/web/dist /opt/medmesh/web
-ENV MEDMESH_EDGE_WEB_DIR=/opt/medmesh/web
 USER 10001:10001
 WORKDIR /home/medmesh
 EXPOSE 50051 9100
@@ -80,3 +86,21 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
 # No ENTRYPOINT: the command is the process (`python -m svc_ingest`), PID 1, and it handles
 # SIGTERM itself (NOT_SERVING, drain for MEDMESH_GRACE_PERIOD_S, close).
 CMD ["medmesh", "--help"]
+
+# --- models (`--target models`): the services' image plus TensorFlow ----------------------
+# For `medmesh models build` and `python -m svc_infer.model_server` only (compose's `models`
+# and `model-server`, the Kubernetes model build Job). Production serves with TF Serving's own
+# image; the services never import TensorFlow (TF Serving's API is generated into gen/tfserving).
+FROM runtime-base AS models
+LABEL org.opencontainers.image.title="medmesh-models" \
+      org.opencontainers.image.description="medmesh model build and local model server (TensorFlow)"
+COPY --from=build-models /opt/medmesh /opt/medmesh
+
+# --- service (the default target, last): the four services, the edge, migrations ------------
+FROM runtime-base AS service
+LABEL org.opencontainers.image.title="medmesh" \
+      org.opencontainers.image.description="medmesh services, edge and migrations"
+COPY --from=build /opt/medmesh /opt/medmesh
+# The built web app, served by `python -m medmesh.edge` with its Content-Security-Policy.
+COPY --from=web /src/web/dist /opt/medmesh/web
+ENV MEDMESH_EDGE_WEB_DIR=/opt/medmesh/web
