@@ -1,10 +1,11 @@
 """The `medmesh` command: run the stack, migrate, regenerate code, start dependencies; and
 the client commands (login, upload, watch, results, report: `medmesh/clientcli.py`).
 
-Each command imports what it runs only when it runs: the production image installs no `local`
-extra (embedded servers, the mail sink: `up`, `deps`) and no `dev` extra (buf: `gen`), yet
-`medmesh migrate`, `medmesh models build` and the client commands work there
-(tests/unit/test_cli_imports.py runs them with those extras' modules refused).
+Each command imports what it runs only when it runs: the service image installs no `local`
+extra (embedded servers, the mail sink: `up`, `deps`), no `dev` extra (buf: `gen`) and no
+`models` extra (TensorFlow: `models build`, which its `models` target adds), yet the CLI and
+`medmesh migrate` work there (tests/unit/test_cli_imports.py runs them with those extras'
+modules refused).
 """
 
 from __future__ import annotations
