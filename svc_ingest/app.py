@@ -1,8 +1,8 @@
 """Wiring: open svc_ingest's dependencies on the exit stack and build its servicers.
 
 Order on the stack (closed in reverse): database, S3, JetStream, then the outbox relay, the
-status consumer and the WatchStudy fan-out, so background work stops before the connections
-it uses close.
+status consumer, the WatchStudy fan-out and the upload sweeper, so background work stops
+before the connections it uses close.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from medmesh.settings import Settings
 from svc_ingest.audit_trail import AuditTrail
 from svc_ingest.config import IngestConfig
 from svc_ingest.events import StatusConsumer, StatusHub
+from svc_ingest.presigned import PresignedUploads
 from svc_ingest.service import INGEST_RULES, INGEST_SERVICE, IngestServicer
 from svc_ingest.status import StudyEvents
 from svc_ingest.studies import Studies
+from svc_ingest.sweeper import UploadSweeper
 from svc_ingest.uploads import Uploads
 
 __all__ = ["INGEST_SERVICE", "build", "setup"]
@@ -53,9 +55,12 @@ async def build(
         on_published=events.on_jobs_published,
         options=relay_options,
     )
+    uploads = Uploads(database, objects, outbox, events, config)
+    await UploadSweeper(database, objects, config).start(stack)
     servicer = IngestServicer(
         Studies(database, objects, hub),
-        Uploads(database, objects, outbox, events, config),
+        uploads,
+        PresignedUploads(database, objects, uploads, config),
         config,
         AuditTrail(database),
     )

@@ -58,12 +58,45 @@ class IngestConfig:
     """MEDMESH_INGEST_PRESIGN_EXPIRY_S: lifetime of a presigned upload URL."""
     dicom_transfer_syntaxes: tuple[str, ...] = field(default=DEFAULT_TRANSFER_SYNTAXES)
     """MEDMESH_INGEST_DICOM_TRANSFER_SYNTAXES: comma-separated UIDs accepted."""
+    pending_upload_max_age_s: float = 3600.0
+    """MEDMESH_INGEST_PENDING_UPLOAD_MAX_AGE_S: a presigned upload not completed this long
+    after CreateUploadUrl is abandoned: the sweeper deletes its row and objects. Must exceed
+    PRESIGN_EXPIRY_S + COMPLETE_LEASE_S (a client PUTting at the URL's last second still
+    gets to complete)."""
+    complete_lease_s: float = 600.0
+    """MEDMESH_INGEST_COMPLETE_LEASE_S: how long one CompleteUpload (copy + validation) may
+    hold a file before another call may take over (a crashed replica's copy is then
+    removed)."""
+    sweep_interval_s: float = 60.0
+    """MEDMESH_INGEST_SWEEP_INTERVAL_S: how often the sweeper looks for abandoned uploads
+    and staged objects no pending file names."""
+    max_files_per_study: int = 500
+    """MEDMESH_INGEST_MAX_FILES_PER_STUDY: files a study may hold (pending ones included);
+    also bounds the inputs of its report."""
+    max_pending_uploads: int = 100
+    """MEDMESH_INGEST_MAX_PENDING_UPLOADS: presigned uploads a clinic may have announced and
+    not completed at once."""
+    max_stored_bytes: int = 1024 * 1024 * MIB
+    """MEDMESH_INGEST_MAX_STORED_BYTES: bytes a clinic may store (distinct objects: a
+    de-duplicated copy counts once); default 1 TiB."""
 
     def __post_init__(self) -> None:
         if self.part_size_bytes < 5 * MIB:
             raise SettingsError("MEDMESH_INGEST_PART_SIZE_BYTES must be at least 5 MiB (S3)")
         if not 0 <= self.streaming_put_max_bytes <= 5 * 1024 * MIB:
             raise SettingsError("MEDMESH_INGEST_STREAMING_PUT_MAX_BYTES must be 0 .. 5 GiB (S3)")
+        if self.pending_upload_max_age_s <= self.presign_expiry_s + self.complete_lease_s:
+            raise SettingsError(
+                "MEDMESH_INGEST_PENDING_UPLOAD_MAX_AGE_S must exceed"
+                " PRESIGN_EXPIRY_S + COMPLETE_LEASE_S"
+            )
+        if self.sweep_interval_s <= 0 or self.complete_lease_s <= 0:
+            raise SettingsError("MEDMESH_INGEST_SWEEP_INTERVAL_S and COMPLETE_LEASE_S must be > 0")
+        if min(self.max_files_per_study, self.max_pending_uploads, self.max_stored_bytes) < 1:
+            raise SettingsError(
+                "MEDMESH_INGEST_MAX_FILES_PER_STUDY, MAX_PENDING_UPLOADS and"
+                " MAX_STORED_BYTES must be at least 1"
+            )
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, str]) -> IngestConfig:

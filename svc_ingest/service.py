@@ -36,6 +36,7 @@ from medmesh.identity import ADMIN, ANY_ROLE, CLINICIAN, WRITERS, RoleRules, cur
 from svc_ingest import messages
 from svc_ingest.audit_trail import AuditTrail, audit_event
 from svc_ingest.config import IngestConfig
+from svc_ingest.presigned import PresignedUploads
 from svc_ingest.status import now_utc
 from svc_ingest.studies import Studies, StudyView, parse_file_name, parse_study_name
 from svc_ingest.uploads import Uploads
@@ -85,10 +86,16 @@ class IngestServicer:
     request_deserializers: ClassVar = {"UploadFile": parse_upload_file_request}
 
     def __init__(
-        self, studies: Studies, uploads: Uploads, config: IngestConfig, trail: AuditTrail
+        self,
+        studies: Studies,
+        uploads: Uploads,
+        presigned: PresignedUploads,
+        config: IngestConfig,
+        trail: AuditTrail,
     ) -> None:
         self._studies = studies
         self._uploads = uploads
+        self._presigned = presigned
         self._config = config
         self._trail = trail
 
@@ -208,7 +215,7 @@ class IngestServicer:
             config=self._config,
         )
         started = now_utc()
-        upload = await self._uploads.create_upload_url(identity, study_id, declaration)
+        upload = await self._presigned.create_upload_url(identity, study_id, declaration)
         return CreateUploadUrlResponse(
             url=upload.url,
             required_headers={},
@@ -220,7 +227,7 @@ class IngestServicer:
         self, request: CompleteUploadRequest, _context: Any
     ) -> CompleteUploadResponse:
         study_id, file_id = parse_file_name(request.name, "name")
-        accepted = await self._uploads.complete_upload(current_identity(), study_id, file_id)
+        accepted = await self._presigned.complete_upload(current_identity(), study_id, file_id)
         return CompleteUploadResponse(
             file=messages.study_file(accepted.file), deduplicated=accepted.deduplicated
         )

@@ -28,7 +28,7 @@ _STUDY_COLUMNS = (
 _FILE_COLUMNS = (
     "file_id, study_id, clinic_id, kind, file_name, content_type, size_bytes, sha256,"
     " object_key, status, image_width, image_height, failure_reason, job_id, result_id,"
-    " create_time, update_time"
+    " create_time, update_time, completion_key, completion_started"
 )
 
 
@@ -134,15 +134,17 @@ async def touch_study(conn: Connection, study_id: uuid.UUID, now: datetime) -> N
     )
 
 
-async def delete_study(conn: Connection, study_id: uuid.UUID) -> list[str]:
-    """Delete the study and its files; returns the object keys its files used."""
+async def delete_study(conn: Connection, study_id: uuid.UUID) -> list[Row]:
+    """Delete the study and its files; returns the deleted file rows (object_key, size_bytes,
+    status, completion_key)."""
     rows = await _all(
         conn,
-        "DELETE FROM ingest.medical_data WHERE study_id = %s RETURNING object_key, status",
+        "DELETE FROM ingest.medical_data WHERE study_id = %s"
+        " RETURNING object_key, size_bytes, status, completion_key",
         (study_id,),
     )
     await conn.execute("DELETE FROM ingest.studies WHERE study_id = %s", (study_id,))
-    return sorted({r["object_key"] for r in rows})
+    return rows
 
 
 async def referenced_objects(conn: Connection, keys: Sequence[str]) -> set[str]:
@@ -202,14 +204,16 @@ async def find_study_file_by_sha(conn: Connection, study_id: uuid.UUID, sha256: 
     )
 
 
-async def find_clinic_object_by_sha(conn: Connection, clinic_id: str, sha256: str) -> str | None:
-    """An object of the clinic holding these bytes, locked so a concurrent delete of the
-    study that owns it waits for us (or we see it gone)."""
+async def find_clinic_object_by_sha(
+    conn: Connection, clinic_id: str, sha256: str, *, lock: bool = True
+) -> str | None:
+    """An object of the clinic holding these bytes, locked (unless `lock` is False) so a
+    concurrent delete of the study that owns it waits for us (or we see it gone)."""
     row = await _one(
         conn,
         "SELECT object_key FROM ingest.medical_data"
         " WHERE clinic_id = %s AND sha256 = %s AND status NOT IN (%s, %s)"
-        " ORDER BY create_time LIMIT 1 FOR UPDATE",
+        f" ORDER BY create_time LIMIT 1{' FOR UPDATE' if lock else ''}",
         (clinic_id, sha256, *_DEAD_FILE_STATUSES),
     )
     return None if row is None else str(row["object_key"])
@@ -266,3 +270,118 @@ async def mark_event_processed(conn: Connection, event_id: str) -> bool:
         (event_id,),
     )
     return row is not None
+
+
+async def claim_completion(
+    conn: Connection, file_id: uuid.UUID, completion_key: str, now: datetime, lease_s: float
+) -> Row | None:
+    """Record that a CompleteUpload copies the file's staged object to `completion_key`;
+    None when the file is no longer pending or another completion holds a live lease. The
+    returned row still names the previous (expired) completion_key, if any."""
+    return await _one(
+        conn,
+        "WITH old AS (SELECT file_id, completion_key FROM ingest.medical_data"
+        "  WHERE file_id = %s AND status = %s"
+        "  AND (completion_started IS NULL OR completion_started < %s - make_interval(secs => %s))"
+        "  FOR UPDATE)"
+        " UPDATE ingest.medical_data m SET completion_key = %s, completion_started = %s"
+        " FROM old WHERE m.file_id = old.file_id"
+        " RETURNING old.completion_key AS previous_key",
+        (file_id, PENDING_UPLOAD, now, lease_s, completion_key, now),
+    )
+
+
+async def release_completion(conn: Connection, file_id: uuid.UUID, completion_key: str) -> None:
+    """Give up a completion's lease (its copy is removed by the caller)."""
+    await conn.execute(
+        "UPDATE ingest.medical_data SET completion_key = NULL, completion_started = NULL"
+        " WHERE file_id = %s AND completion_key = %s",
+        (file_id, completion_key),
+    )
+
+
+async def delete_abandoned_uploads(
+    conn: Connection, created_before: datetime, lease_before: datetime, limit: int
+) -> list[Row]:
+    """Delete pending files announced before `created_before` whose completion (if any) has
+    not been touched since `lease_before`; returns them. SKIP LOCKED: a file that a
+    CompleteUpload is committing right now is left for the next sweep."""
+    return await _all(
+        conn,
+        "DELETE FROM ingest.medical_data WHERE file_id IN ("
+        "  SELECT file_id FROM ingest.medical_data"
+        "  WHERE status = %s AND create_time < %s"
+        "  AND (completion_started IS NULL OR completion_started < %s)"
+        "  ORDER BY create_time LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " RETURNING file_id, study_id, clinic_id, object_key, completion_key",
+        (PENDING_UPLOAD, created_before, lease_before, limit),
+    )
+
+
+async def known_object_keys(conn: Connection, keys: Sequence[str]) -> set[str]:
+    """Which of `keys` a file row still needs: as the object of a pending or accepted file
+    (a rejected file's object is garbage), or as a completion copy in progress."""
+    rows = await _all(
+        conn,
+        "SELECT object_key AS key FROM ingest.medical_data"
+        " WHERE object_key = ANY(%s) AND status <> %s"
+        " UNION SELECT completion_key FROM ingest.medical_data WHERE completion_key = ANY(%s)",
+        (list(keys), REJECTED, list(keys)),
+    )
+    return {r["key"] for r in rows}
+
+
+async def count_study_files(conn: Connection, study_id: uuid.UUID) -> int:
+    """Files of the study that count against its quota: accepted and pending ones."""
+    row = await _one(
+        conn,
+        "SELECT count(*) AS n FROM ingest.medical_data WHERE study_id = %s AND status <> %s",
+        (study_id, REJECTED),
+    )
+    return int(row["n"]) if row else 0
+
+
+async def count_pending_uploads(conn: Connection, clinic_id: str) -> int:
+    """The clinic's announced, not yet completed presigned uploads."""
+    row = await _one(
+        conn,
+        "SELECT count(*) AS n FROM ingest.medical_data WHERE clinic_id = %s AND status = %s",
+        (clinic_id, PENDING_UPLOAD),
+    )
+    return int(row["n"]) if row else 0
+
+
+async def lock_clinic_usage(conn: Connection, clinic_id: str) -> int:
+    """Lock the clinic's usage row (created on first use) for this transaction; returns the
+    bytes it stores. Every quota check of a clinic holds this lock, so concurrent uploads
+    count one after the other."""
+    await conn.execute(
+        "INSERT INTO ingest.clinic_usage (clinic_id) VALUES (%s) ON CONFLICT DO NOTHING",
+        (clinic_id,),
+    )
+    row = await _one(
+        conn,
+        "SELECT stored_bytes FROM ingest.clinic_usage WHERE clinic_id = %s FOR UPDATE",
+        (clinic_id,),
+    )
+    assert row is not None
+    return int(row["stored_bytes"])
+
+
+async def stored_bytes(conn: Connection, clinic_id: str) -> int:
+    """The bytes the clinic stores (no lock: for an early, advisory check)."""
+    row = await _one(
+        conn, "SELECT stored_bytes FROM ingest.clinic_usage WHERE clinic_id = %s", (clinic_id,)
+    )
+    return int(row["stored_bytes"]) if row else 0
+
+
+async def add_stored_bytes(conn: Connection, clinic_id: str, delta: int) -> None:
+    """Count objects stored (+) or removed (-) for the clinic (its row locked or not)."""
+    await conn.execute(
+        "INSERT INTO ingest.clinic_usage AS u (clinic_id, stored_bytes)"
+        " VALUES (%s, GREATEST(%s, 0))"
+        " ON CONFLICT (clinic_id) DO UPDATE"
+        " SET stored_bytes = GREATEST(u.stored_bytes + %s, 0)",
+        (clinic_id, delta, delta),
+    )

@@ -276,9 +276,22 @@ class Studies:
             status = StudyStatus(study["status"])
             if status in BUSY_STATUSES:
                 raise FailedPrecondition(f"studies/{study_id} is {status.name}; wait for it")
-            keys = await store.delete_study(conn, study_id)
+            files = await store.delete_study(conn, study_id)
+            keys = sorted({f["object_key"] for f in files})
             orphaned = sorted(set(keys) - await store.referenced_objects(conn, keys))
+            # Bytes the clinic no longer stores: its accepted objects no other file shares.
+            sizes = {
+                f["object_key"]: f["size_bytes"]
+                for f in files
+                if f["status"] not in (store.PENDING_UPLOAD, store.REJECTED)
+            }
+            freed = sum(sizes.get(key, 0) for key in orphaned)
+            if freed:
+                await store.add_stored_bytes(conn, identity.clinic_id, -freed)
             await audit(conn, identity, "study.delete", study_id, objects_removed=len(orphaned))
+            # A completion copy in progress is removed too (its CompleteUpload then finds
+            # the file gone and fails with NOT_FOUND).
+            orphaned += [f["completion_key"] for f in files if f["completion_key"]]
         for key in orphaned:
             try:
                 await self._objects.remove(RAW_IMAGES, key)

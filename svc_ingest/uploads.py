@@ -1,13 +1,15 @@
-"""Getting files into a study: streamed uploads, clinical notes, presigned uploads.
+"""Getting files into a study: streamed uploads and clinical notes (presigned uploads are in
+presigned.py and commit through `accept_stored_object`).
 
 The order of an upload is what makes "nothing is left behind" true:
 1. the declaration is checked and the study looked up (nothing written yet);
 2. the bytes stream through the validator into S3 (one streaming PUT whose last bytes are held
    back, or a multipart upload: invisible until completed, sink.py); any refusal, error or
    hang-up aborts it;
-3. only after the last check the object is completed, and then one transaction writes the file
-   row, its inference job (outbox), the study's new status and its event (outbox), and the
-   audit record; if that transaction fails, the object is removed again.
+3. only after the last check the object is completed, and then one transaction checks the
+   quotas (quotas.py) and writes the file row, its inference job (outbox), the study's new
+   status and its event (outbox), and the audit record; if that transaction fails (a quota
+   included), the object is removed again.
 
 De-duplication: the same bytes in the same study return the existing file (no new row, no new
 job); the same bytes in another study of the clinic get their own file row pointing at the
@@ -18,9 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -35,6 +36,7 @@ from medmesh.objects import RAW_IMAGES, ObjectStore
 from medmesh.outbox import Outbox
 from svc_ingest import store
 from svc_ingest.config import IngestConfig
+from svc_ingest.quotas import Quotas
 from svc_ingest.sink import open_object_writer, store_validated_stream
 from svc_ingest.status import CLOSED_STATUSES, StudyEvents, now_utc
 from svc_ingest.studies import audit, require_study
@@ -46,7 +48,6 @@ from svc_ingest.validation import (
 )
 
 log = structlog.get_logger(__name__)
-_READ_PIECE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,6 @@ class Accepted:
 
     file: store.Row
     deduplicated: bool
-
-
-@dataclass(frozen=True)
-class PresignedUpload:
-    """Where to PUT the bytes of a pending file, until when."""
-
-    url: str
-    expires_in: timedelta
-    file: store.Row
 
 
 def object_key(clinic_id: str, study_id: uuid.UUID, file_id: uuid.UUID) -> str:
@@ -87,8 +79,9 @@ class Uploads:
         self._outbox = outbox
         self._events = events
         self._config = config
+        self.quotas = Quotas(config)
 
-    async def _open_study(
+    async def open_study(
         self, conn: Connection, identity: Identity, study_id: uuid.UUID
     ) -> store.Row:
         study = await require_study(conn, identity, study_id, for_update=True)
@@ -111,6 +104,9 @@ class Uploads:
     ) -> Accepted:
         """Stream, validate and store one file (see the module docstring for the order)."""
         await self._check_study(identity, study_id)
+        await self.quotas.precheck_bytes(
+            self._database, identity.clinic_id, declaration.size_bytes, declaration.sha256
+        )
         file_id = uuid.uuid4()
         key = object_key(identity.clinic_id, study_id, file_id)
         validator = FileValidator(
@@ -126,7 +122,7 @@ class Uploads:
             streaming_put_max=self._config.streaming_put_max_bytes,
         )
         validated = await store_validated_stream(chunks, validator, writer)
-        return await self._accept_stored_object(
+        return await self.accept_stored_object(
             identity, study_id, file_id, key, declaration, validated
         )
 
@@ -153,14 +149,15 @@ class Uploads:
         validator.feed(data)
         validated = validator.finish()
         await self._check_study(identity, study_id)
+        await self.quotas.precheck_bytes(self._database, identity.clinic_id, len(data))
         file_id = uuid.uuid4()
         key = object_key(identity.clinic_id, study_id, file_id)
         await self._objects.put_bytes(RAW_IMAGES, key, data, content_type=declaration.content_type)
-        return await self._accept_stored_object(
+        return await self.accept_stored_object(
             identity, study_id, file_id, key, declaration, validated
         )
 
-    async def _accept_stored_object(
+    async def accept_stored_object(
         self,
         identity: Identity,
         study_id: uuid.UUID,
@@ -172,7 +169,8 @@ class Uploads:
         pending: bool = False,
     ) -> Accepted:
         """Commit the rows for an object already in S3; remove the object when it turns out
-        redundant or the transaction fails."""
+        redundant or the transaction fails. `pending`: the file was announced by
+        CreateUploadUrl and `key` is the copy its completion claimed (presigned.py)."""
         try:
             async with self._database.transaction() as conn:
                 accepted, redundant = await self._commit_file(
@@ -198,7 +196,11 @@ class Uploads:
         pending: bool,
     ) -> tuple[Accepted, bool]:
         """The transaction of an accepted file; returns it and whether `key` is redundant."""
-        study = await self._open_study(conn, identity, study_id)
+        study = await self.open_study(conn, identity, study_id)
+        if pending:
+            announced = await self._lock_pending(conn, identity, study_id, file_id, key)
+            if announced is not None:  # another CompleteUpload accepted it first
+                return Accepted(announced, deduplicated=False), True
         existing = await store.find_study_file_by_sha(conn, study_id, validated.sha256)
         if existing is not None:
             if pending:
@@ -207,9 +209,13 @@ class Uploads:
                 conn, identity, "study.file.deduplicate", study_id, file_id=str(existing["file_id"])
             )
             return Accepted(existing, deduplicated=True), True
+        if not pending:  # a pending file was counted when it was announced
+            await self.quotas.check_study_files(conn, study_id)
         shared_key = await store.find_clinic_object_by_sha(
             conn, identity.clinic_id, validated.sha256
         )
+        if shared_key is None:
+            await self.quotas.add_stored_bytes(conn, identity.clinic_id, validated.size_bytes)
         now = now_utc()
         job_id = uuid.uuid4()
         values: dict[str, Any] = {
@@ -244,6 +250,7 @@ class Uploads:
                     "size_bytes",
                 )
             }
+            changes.update(completion_key=None, completion_started=None)
             row: store.Row | None = await store.update_file(conn, file_id, now, **changes)
         else:
             row = await store.insert_file(conn, values)
@@ -288,98 +295,33 @@ class Uploads:
         )
         return Accepted(row, deduplicated=False), shared_key is not None
 
+    @staticmethod
+    async def _lock_pending(
+        conn: Connection,
+        identity: Identity,
+        study_id: uuid.UUID,
+        file_id: uuid.UUID,
+        completion_key: str,
+    ) -> store.Row | None:
+        """Lock an announced file for its completion: None when it is still pending and this
+        completion's copy is the one claimed; the row when it was accepted meanwhile."""
+        row = await store.get_file(conn, identity.clinic_id, study_id, file_id, for_update=True)
+        if row is None:
+            raise NotFound(f"studies/{study_id}/files/{file_id} not found")
+        if row["status"] == FileStatus.REJECTED:
+            raise FailedPrecondition(f"the upload was rejected: {row['failure_reason']}")
+        if row["status"] != FileStatus.PENDING_UPLOAD:
+            return row
+        if row["completion_key"] != completion_key:
+            raise FailedPrecondition("another CompleteUpload of this file took over; retry")
+        return None
+
+    async def remove_quietly(self, key: str) -> None:
+        """Remove an object; a failure is logged (the sweeper or a later delete retries)."""
+        await self._remove_quietly(key)
+
     async def _remove_quietly(self, key: str) -> None:
         try:
             await self._objects.remove(RAW_IMAGES, key)
         except DependencyUnavailable as exc:
             log.warning("object cleanup failed", key=key, error=str(exc))
-
-    async def create_upload_url(
-        self, identity: Identity, study_id: uuid.UUID, declaration: FileDeclaration
-    ) -> PresignedUpload:
-        """A pending file and a presigned PUT URL for its bytes."""
-        file_id = uuid.uuid4()
-        key = object_key(identity.clinic_id, study_id, file_id)
-        expires = timedelta(seconds=self._config.presign_expiry_s)
-        async with self._database.transaction() as conn:
-            await self._open_study(conn, identity, study_id)
-            now = now_utc()
-            row = await store.insert_file(
-                conn,
-                {
-                    "file_id": file_id,
-                    "study_id": study_id,
-                    "clinic_id": identity.clinic_id,
-                    "kind": int(declaration.kind),
-                    "file_name": declaration.file_name,
-                    "content_type": declaration.content_type,
-                    "size_bytes": declaration.size_bytes,
-                    "sha256": declaration.sha256,
-                    "object_key": key,
-                    "status": int(FileStatus.PENDING_UPLOAD),
-                    "failure_reason": "",
-                    "result_id": "",
-                    "create_time": now,
-                    "update_time": now,
-                },
-            )
-            assert row is not None
-            await audit(conn, identity, "study.file.announce", study_id, file_id=str(file_id))
-            url = await self._objects.presigned_put_url(RAW_IMAGES, key, expires=expires)
-        return PresignedUpload(url, expires, row)
-
-    async def complete_upload(
-        self, identity: Identity, study_id: uuid.UUID, file_id: uuid.UUID
-    ) -> Accepted:
-        """Validate the object a client PUT to its presigned URL; accept or reject it."""
-        async with self._database.read_connection() as conn:
-            row = await store.get_file(conn, identity.clinic_id, study_id, file_id)
-        if row is None:
-            raise NotFound(f"studies/{study_id}/files/{file_id} not found")
-        status = FileStatus(row["status"])
-        if status == FileStatus.REJECTED:
-            raise FailedPrecondition(f"the upload was rejected: {row['failure_reason']}")
-        if status != FileStatus.PENDING_UPLOAD:
-            return Accepted(row, deduplicated=False)  # completed before: idempotent
-        key = row["object_key"]
-        declaration = FileDeclaration(
-            FileKind(row["kind"]),
-            row["file_name"],
-            row["content_type"],
-            row["size_bytes"],
-            row["sha256"],
-        )
-        try:
-            validated = await self._validate_object(key, declaration)
-        except NotFound:
-            raise FailedPrecondition("no object was uploaded to the URL yet") from None
-        except InvalidArgument as exc:
-            await self._remove_quietly(key)
-            async with self._database.transaction() as conn:
-                await store.update_file(
-                    conn,
-                    file_id,
-                    now_utc(),
-                    status=int(FileStatus.REJECTED),
-                    failure_reason=exc.message,
-                )
-                await audit(conn, identity, "study.file.reject", study_id, file_id=str(file_id))
-            raise
-        return await self._accept_stored_object(
-            identity, study_id, file_id, key, declaration, validated, pending=True
-        )
-
-    async def _validate_object(self, key: str, declaration: FileDeclaration) -> ValidatedFile:
-        """Read the object back in pieces through the validator (bounded memory)."""
-        validator = FileValidator(declaration, self._config, content_field="name")
-        bucket = self._objects.bucket(RAW_IMAGES)
-        await self._objects.size(RAW_IMAGES, key)  # NotFound before any reading
-        response = await asyncio.to_thread(self._objects.client.get_object, bucket, key)
-        try:
-            pieces: Iterator[bytes] = response.stream(_READ_PIECE)
-            while piece := await asyncio.to_thread(next, pieces, b""):
-                validator.feed(piece)
-        finally:
-            response.close()
-            response.release_conn()
-        return validator.finish()

@@ -143,8 +143,19 @@ class ReportBuilder:
 
     def _render(self, facts: ReportFacts) -> Rendered:
         html = render_html(facts, table_rows=self._config.table_rows)
+        self._check_size("HTML", len(html.encode()))  # before the costly PDF layout
         pdf = render_pdf(html)
+        self._check_size("PDF", len(pdf))
         return Rendered(html, pdf, hashlib.sha256(pdf).hexdigest())
+
+    def _check_size(self, what: str, size: int) -> None:
+        """A report over MEDMESH_REPORT_MAX_REPORT_BYTES fails like any rendering failure."""
+        limit = self._config.max_report_bytes
+        if size > limit:
+            raise RenderError(
+                f"the report's {what} is {size} bytes, over the limit of {limit}"
+                " (MEDMESH_REPORT_MAX_REPORT_BYTES)"
+            )
 
     async def _thumbnails(self, results: Sequence[AnalysisResult]) -> dict[str, Thumbnail]:
         """Thumbnails of the processed images; a missing picture leaves its file without one."""

@@ -65,6 +65,10 @@ class ReportConfig:
     clinic's language (RFC 2047-encoded when not ASCII); never patient data."""
     public_url: str = ""
     """MEDMESH_REPORT_PUBLIC_URL: base of the web app, for the link in mails; empty: no link."""
+    max_report_bytes: int = 32 * 1024 * 1024
+    """MEDMESH_REPORT_MAX_REPORT_BYTES: largest report, checked on its HTML before the PDF is
+    laid out and on the PDF before it is archived. A report over it fails (FAILED with the
+    sizes as reason, its job dead-lettered), never retried: the same inputs give the same size."""
 
     def __post_init__(self) -> None:
         if self.mis_attempts < 1 or self.table_rows < 1 or self.thumbnail_px < 16:
@@ -75,6 +79,8 @@ class ReportConfig:
             raise SettingsError("MEDMESH_REPORT_DOWNLOAD_URL_TTL_S must be within 10..3600")
         if min(self.mis_timeout_s, self.mis_delivery_deadline_s) <= 0:
             raise SettingsError("MIS timeouts must be positive")
+        if self.max_report_bytes < 64 * 1024:
+            raise SettingsError("MEDMESH_REPORT_MAX_REPORT_BYTES must be at least 64 KiB")
         if self.mis_max_response_bytes < 1024 or self.mis_concurrency < 1:
             raise SettingsError("MIS response cap (>= 1024 bytes) and concurrency (>= 1)")
         try:
