@@ -69,7 +69,7 @@ def test_kustomization_lists_every_manifest_and_every_file_it_reads_exists() -> 
     images = {i["name"] for i in kustomization["images"]}
     used = {
         c["image"]
-        for d in k8s("Deployment").values()
+        for d in (*k8s("Deployment").values(), *k8s("Job").values())
         for c in d["spec"]["template"]["spec"]["containers"]
     }
     assert images <= used
