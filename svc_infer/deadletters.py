@@ -23,6 +23,7 @@ from datetime import datetime
 import structlog
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from opentelemetry import context as otel_context
 
 from gen.medmesh.events.v1 import DeadLetterEnvelope, InferenceJob
 from medmesh.consumers import PullConsumer
@@ -31,6 +32,7 @@ from medmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from medmesh.outbox import Outbox
 from medmesh.resources import JetStream
 from medmesh.settle import republish_dead_letter
+from medmesh.telemetry import message_context
 from svc_infer import dead_letter_store
 from svc_infer.pages import decode_token, encode_token, page_size
 from svc_infer.writer import announce_failure
@@ -120,15 +122,20 @@ class DeadLetterIndexer:
                 )
                 job = _job(envelope.payload)
                 if inserted and job is not None and envelope.original_subject.startswith(root):
-                    await announce_failure(
-                        conn,
-                        self._outbox,
-                        self._jetstream.topology,
-                        job,
-                        envelope.error,
-                        envelope.attempts,
-                        failed_at,
-                    )
+                    # In the dead letter's trace (the job's): the study's status follows on.
+                    token = otel_context.attach(message_context(msg.headers))
+                    try:
+                        await announce_failure(
+                            conn,
+                            self._outbox,
+                            self._jetstream.topology,
+                            job,
+                            envelope.error,
+                            envelope.attempts,
+                            failed_at,
+                        )
+                    finally:
+                        otel_context.detach(token)
         for msg in messages:
             await msg.ack()
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 
 import structlog
 from nats.aio.msg import Msg
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from gen.medmesh.common.v1 import AnalysisKind, FileKind
@@ -181,6 +182,7 @@ class JobConsumer:
     async def _handle_batch(self, messages: Sequence[Msg], spans: Sequence[trace.Span]) -> None:
         started = time.time()
         deliveries: list[Delivery] = []
+        span_of = {id(msg): span for msg, span in zip(messages, spans, strict=True)}
         for msg, span in zip(messages, spans, strict=True):
             delivery = await self._accept(msg, started)
             if delivery is not None:
@@ -198,7 +200,7 @@ class JobConsumer:
             if not isinstance(exc, DomainError):
                 log.exception("consumer.batch_failed", consumer=self.spec.durable)
             outcomes = [Outcome(d, error=describe(exc)) for d in deliveries]
-        await self._settle(outcomes)
+        await self._settle(outcomes, span_of)
         self.batches_handled += 1
 
     async def _accept(self, msg: Msg, started: float) -> Delivery | None:
@@ -281,8 +283,14 @@ class JobConsumer:
             ]
         return outcomes
 
-    async def _settle(self, outcomes: Sequence[Outcome]) -> None:
+    async def _settle(self, outcomes: Sequence[Outcome], span_of: Mapping[int, trace.Span]) -> None:
+        """Ack, retry or dead-letter each job in its own trace (its `process` span is current:
+        a dead letter and the failure it announces stay in the study's trace)."""
         for outcome in outcomes:
+            span = span_of[id(outcome.delivery.msg)]
+            if outcome.error:
+                span.set_status(trace.StatusCode.ERROR, outcome.error[:200])
+            token = otel_context.attach(trace.set_span_in_context(span))
             try:
                 if outcome.error:
                     await self._fail(outcome.delivery, outcome.error, final=outcome.permanent)
@@ -292,6 +300,8 @@ class JobConsumer:
                 log.warning(
                     "consumer.settle_failed", job=outcome.delivery.job.job_id, error=str(exc)
                 )
+            finally:
+                otel_context.detach(token)
 
     async def _fail(self, delivery: Delivery, error: str, *, final: bool = False) -> None:
         """Count the failure; retry later, or dead-letter after the last attempt (at once when
