@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -75,6 +76,14 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("MEDMESH_DATA_DIR", os.path.join(os.getcwd(), ".data")))
 
 
+def _importable(module: str) -> bool:
+    """Whether `module` is installed (a finder that refuses it counts as not installed)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
 def _deps(data_dir: Path) -> int:
     from medmesh.launcher import EmbeddedDependencies  # the `local` extra
 
@@ -127,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
     if args.command in clientcli.COMMANDS:
         return clientcli.run_client_command(args, os.environ)
     if args.command == "models":
+        if not _importable("tensorflow"):
+            print(
+                "medmesh models build needs TensorFlow, the `models` extra: run it from the "
+                "image's `models` target (medmesh-models) or `pip install 'medmesh[models]'`",
+                file=sys.stderr,
+            )
+            return 2
         return model_commands.build_command(args, data_dir, os.environ)  # imports TensorFlow
     from medmesh import codegen  # the `dev` extra: buf and the plugins
 

@@ -41,10 +41,7 @@ sys.meta_path.insert(0, Refuse())
 kind, target = sys.argv[2], sys.argv[3:]
 if kind == "cli":
     from medmesh.cli import main
-    try:
-        main(target)
-    except SystemExit as exc:
-        sys.exit(exc.code)
+    sys.exit(main(target))
 else:
     importlib.import_module(target[0])
 """
@@ -145,6 +142,16 @@ def test_a_production_command_runs_without_the_local_dev_and_models_extras(argv:
     result = run_refusing("cli", *argv)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: medmesh")
+
+
+def test_models_build_in_the_service_image_says_it_needs_the_models_target(
+    tmp_path: Path,
+) -> None:
+    result = run_refusing("cli", "models", "build", "--base-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "needs TensorFlow, the `models` extra" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
