@@ -1,4 +1,4 @@
-"""gen/tfserving/: TF Serving's gRPC API without TensorFlow (medmesh/codegen.py). Every
+"""gen/tfserving/: TF Serving's gRPC API without TensorFlow (medmesh/codegen_tfserving.py). Every
 directory is a regular package (setuptools installs only those), importing it imports no
 TensorFlow, and its descriptors are byte for byte those of tensorflow-serving-api (the
 `models` extra), so a process that loads both shares one set of message classes."""
@@ -19,7 +19,7 @@ COMPARE = """
 import ast, json, sys
 from pathlib import Path
 from google.protobuf import descriptor_pb2
-from medmesh.codegen import tfserving_descriptors
+from medmesh.codegen_tfserving import tfserving_descriptors
 theirs = {}
 for serialized in tfserving_descriptors():
     name = descriptor_pb2.FileDescriptorProto.FromString(serialized).name
