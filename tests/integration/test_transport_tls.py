@@ -564,6 +564,13 @@ async def test_the_compose_database_jobs_give_each_service_its_own_schema_only(
     ingest_url = _compose_pg_url(
         compose_env("svc-ingest")["MEDMESH_INGEST_POSTGRES_URL"], tls_postgres, pki.ca
     )
+    # What svc_ingest does at start-up with only its own role: a no-op check, no error.
+    from medmesh.migrate import service_migrations
+    from medmesh.runtime import apply_service_migrations
+
+    own = Settings.from_env({"MEDMESH_INGEST_POSTGRES_URL": ingest_url}, service="ingest")
+    assert own.postgres_migration_url == ""
+    await apply_service_migrations(own, service_migrations("ingest"))
     async with await psycopg.AsyncConnection.connect(ingest_url) as conn:
         cursor = await conn.execute(
             "SELECT current_user, ssl FROM pg_stat_ssl, current_user WHERE pid = pg_backend_pid()"
