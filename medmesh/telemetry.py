@@ -11,6 +11,7 @@ report-ready mail's span.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -176,22 +177,52 @@ def configure_tracing(service: str, otlp_endpoint: str) -> TracerProvider:
     return provider
 
 
+@functools.cache
+def _unary_client_instrumentor() -> Any:
+    """opentelemetry-instrumentation-grpc's aio client instrumentor, keeping only its
+    unary-unary interceptor: with its streaming interceptors a client's `call.cancel()` never
+    reaches the server (an upload whose client went away kept running; found by
+    tests/integration/ingest/test_streaming_put.py). Service-to-service calls (Predict,
+    GetModelStatus, JWKS) are unary; streaming client calls are not traced. One class, made
+    once: instrumentors are singletons per class, which keeps `instrument()` idempotent."""
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+    from opentelemetry.instrumentation.grpc._aio_client import (
+        StreamStreamAioClientInterceptor,
+        StreamUnaryAioClientInterceptor,
+        UnaryStreamAioClientInterceptor,
+    )
+
+    streaming = (
+        UnaryStreamAioClientInterceptor,
+        StreamUnaryAioClientInterceptor,
+        StreamStreamAioClientInterceptor,
+    )
+
+    class UnaryAioClientInstrumentor(GrpcAioInstrumentorClient):  # type: ignore[misc]
+        def _add_interceptors(self, tracer_provider: Any, kwargs: dict[str, Any]) -> Any:
+            kwargs = super()._add_interceptors(tracer_provider, kwargs)
+            kwargs["interceptors"] = [
+                i for i in kwargs["interceptors"] if not isinstance(i, streaming)
+            ]
+            return kwargs
+
+    return UnaryAioClientInstrumentor()
+
+
 def instrument_libraries() -> None:
-    """Spans for gRPC (server and aio client), PostgreSQL (psycopg) and Redis calls.
+    """Spans for gRPC (server, and the aio client's unary calls), PostgreSQL (psycopg) and
+    Redis calls.
 
     Idempotent. Call it before the gRPC server, channels and pools are created: the gRPC
     instrumentors patch the constructors, psycopg's patches `connect`.
     """
-    from opentelemetry.instrumentation.grpc import (
-        GrpcAioInstrumentorClient,
-        GrpcAioInstrumentorServer,
-    )
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     instrumentors: list[Any] = [
         GrpcAioInstrumentorServer(),
-        GrpcAioInstrumentorClient(),
+        _unary_client_instrumentor(),
         PsycopgInstrumentor(),
         RedisInstrumentor(),
     ]
