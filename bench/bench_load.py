@@ -497,9 +497,13 @@ def _p(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-async def run(clients: int, seconds: float, drain_s: float, ramp_s: float) -> int:
+async def run(
+    clients: int, seconds: float, drain_s: float, ramp_s: float, keep: Path | None
+) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        process, status, printed = await asyncio.to_thread(start_stack, Path(tmp))
+        workdir = keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        process, status, printed = await asyncio.to_thread(start_stack, workdir)
         try:
             await create_accounts(printed["postgres"], clients)
             stats, uploads = Stats(), []
@@ -614,8 +618,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--drain-s", type=float, default=900)
     parser.add_argument("--ramp-s", type=float, default=600, help="longest sign-in ramp-up")
+    parser.add_argument(
+        "--keep-dir", type=Path, help="run the stack in this directory and keep it (its logs)"
+    )
     args = parser.parse_args()
-    raise SystemExit(asyncio.run(run(args.clients, args.seconds, args.drain_s, args.ramp_s)))
+    raise SystemExit(
+        asyncio.run(run(args.clients, args.seconds, args.drain_s, args.ramp_s, args.keep_dir))
+    )
 
 
 if __name__ == "__main__":
