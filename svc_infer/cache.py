@@ -17,13 +17,18 @@ any other cache call once Redis answers again; until then this process reads tho
 from PostgreSQL. (Another replica may serve such a list between Redis's return and the
 owner's next cache call; a writer that dies during the outage leaves it to the TTL.)
 
+Every cache call is bounded (`OP_TIMEOUT_S`, 1 s): a Redis that hangs (paused, partitioned)
+costs a read at most that before it goes to PostgreSQL, like a Redis that refuses.
+
 Reads are counted in `medmesh_infer_result_cache_reads_total{read, outcome}` (outcome
 `hit`, `miss` or `unavailable`, the last also a miss served from PostgreSQL).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import cast
 
 import structlog
@@ -38,6 +43,12 @@ log = structlog.get_logger(__name__)
 # A study list is cached whole only while it is this short; longer ones page from PostgreSQL.
 MAX_CACHED_LIST = 500
 
+# A cache call that fails or takes longer than its bound counts as "Redis unavailable".
+_UNAVAILABLE = (RedisError, TimeoutError)
+OP_TIMEOUT_S = 1.0
+"""The most one cache call may take (a hung Redis would otherwise hold a read for the
+client's socket timeout times its retries, 2 s x 4, twice per GetResult)."""
+
 CACHE_READS = Counter(
     "medmesh_infer_result_cache_reads_total",
     "Result cache reads by what they read (result, study) and outcome (hit, miss, unavailable).",
@@ -48,10 +59,18 @@ CACHE_READS = Counter(
 class ResultCache:
     """Result messages by id and whole result lists by study, under `<namespace>:infer:`."""
 
-    def __init__(self, redis: Redis, *, namespace: str, ttl_s: int = 3600) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        namespace: str,
+        ttl_s: int = 3600,
+        op_timeout_s: float = OP_TIMEOUT_S,
+    ) -> None:
         self._redis = redis
         self._prefix = f"{namespace}:infer"
         self.ttl_s = ttl_s
+        self._op_timeout_s = op_timeout_s
         self.owed: set[tuple[str, str]] = set()
         """(clinic, study) whose list invalidation failed (Redis down), to be settled."""
 
@@ -68,6 +87,12 @@ class ResultCache:
         """The key of a study's write counter."""
         return f"{self._prefix}:study-version:{study_id}"
 
+    @asynccontextmanager
+    async def _bounded(self) -> AsyncIterator[None]:
+        """At most `op_timeout_s` for the block (TimeoutError past it)."""
+        async with asyncio.timeout(self._op_timeout_s):
+            yield
+
     async def _settle_owed(self) -> bool:
         """Apply the invalidations owed since Redis was last unreachable; False while it
         still is."""
@@ -75,14 +100,18 @@ class ResultCache:
             return True
         owed = list(self.owed)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._bounded(), self._redis.pipeline(transaction=False) as pipe:
                 for clinic_id, study_id in owed:
                     pipe.incr(self.version_key(study_id))
                     pipe.expire(self.version_key(study_id), self.ttl_s)
                     pipe.delete(self.study_key(clinic_id, study_id))
                 await pipe.execute()
-        except RedisError as exc:
-            log.warning("result_cache.invalidation_owed", studies=len(owed), error=str(exc))
+        except _UNAVAILABLE as exc:
+            log.warning(
+                "result_cache.invalidation_owed",
+                studies=len(owed),
+                error=str(exc) or type(exc).__name__,
+            )
             return False
         self.owed.difference_update(owed)
         log.info("result_cache.invalidation_settled", studies=len(owed))
@@ -92,10 +121,11 @@ class ResultCache:
         """A cached result, or None (missing, or Redis unavailable)."""
         try:
             await self._settle_owed()
-            # bytes: the client is made without decode_responses (medmesh/cache.py)
-            data = cast("bytes | None", await self._redis.get(self.result_key(result_id)))
-        except RedisError as exc:
-            log.warning("result_cache.read_failed", error=str(exc))
+            async with self._bounded():
+                # bytes: the client is made without decode_responses (medmesh/cache.py)
+                data = cast("bytes | None", await self._redis.get(self.result_key(result_id)))
+        except _UNAVAILABLE as exc:
+            log.warning("result_cache.read_failed", error=str(exc) or type(exc).__name__)
             CACHE_READS.labels("result", "unavailable").inc()
             return None
         CACHE_READS.labels("result", "hit" if data else "miss").inc()
@@ -110,7 +140,7 @@ class ResultCache:
         studies = {(r.clinic_id, r.study.removeprefix("studies/")) for r in results}
         try:
             await self._settle_owed()
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._bounded(), self._redis.pipeline(transaction=False) as pipe:
                 for result in results:
                     pipe.set(self.result_key(result.result_id), bytes(result), ex=self.ttl_s)
                     if stored:
@@ -119,8 +149,8 @@ class ResultCache:
                         pipe.expire(self.version_key(study_id), self.ttl_s)
                         pipe.delete(self.study_key(result.clinic_id, study_id))
                 await pipe.execute()
-        except RedisError as exc:
-            log.warning("result_cache.write_failed", error=str(exc))
+        except _UNAVAILABLE as exc:
+            log.warning("result_cache.write_failed", error=str(exc) or type(exc).__name__)
             if stored:
                 self.owed.update(studies)
 
@@ -131,9 +161,12 @@ class ResultCache:
             if not settled and (clinic_id, study_id) in self.owed:
                 CACHE_READS.labels("study", "unavailable").inc()
                 return None
-            data = cast("bytes | None", await self._redis.get(self.study_key(clinic_id, study_id)))
-        except RedisError as exc:
-            log.warning("result_cache.read_failed", error=str(exc))
+            async with self._bounded():
+                data = cast(
+                    "bytes | None", await self._redis.get(self.study_key(clinic_id, study_id))
+                )
+        except _UNAVAILABLE as exc:
+            log.warning("result_cache.read_failed", error=str(exc) or type(exc).__name__)
             CACHE_READS.labels("study", "unavailable").inc()
             return None
         CACHE_READS.labels("study", "miss" if data is None else "hit").inc()
@@ -142,9 +175,10 @@ class ResultCache:
     async def study_version(self, study_id: str) -> bytes | None:
         """The study's write counter, read before a PostgreSQL read that may be cached."""
         try:
-            return cast("bytes | None", await self._redis.get(self.version_key(study_id)))
-        except RedisError as exc:
-            log.warning("result_cache.read_failed", error=str(exc))
+            async with self._bounded():
+                return cast("bytes | None", await self._redis.get(self.version_key(study_id)))
+        except _UNAVAILABLE as exc:
+            log.warning("result_cache.read_failed", error=str(exc) or type(exc).__name__)
             return None
 
     async def put_study(
@@ -157,7 +191,7 @@ class ResultCache:
         payload = bytes(ListResultsResponse(results=list(results)))
         version_key = self.version_key(study_id)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._bounded(), self._redis.pipeline(transaction=True) as pipe:
                 await pipe.watch(version_key)
                 if await pipe.get(version_key) != seen:
                     return
@@ -166,5 +200,5 @@ class ResultCache:
                 await pipe.execute()
         except WatchError:
             return  # a result was stored meanwhile; the next reader caches the longer list
-        except RedisError as exc:
-            log.warning("result_cache.write_failed", error=str(exc))
+        except _UNAVAILABLE as exc:
+            log.warning("result_cache.write_failed", error=str(exc) or type(exc).__name__)

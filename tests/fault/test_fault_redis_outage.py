@@ -3,12 +3,15 @@ cache miss), its workers keep storing results, and svc_auth's sign-in limits fai
 (Login answers UNAVAILABLE: an attempt that cannot be counted is not allowed, so a Redis
 outage never opens the door to password guessing). Redis comes back with its data (AOF) and
 no restart of anything: the cache is used again, and a study's list cached before the outage
-does not hide the result stored during it."""
+does not hide the result stored during it. Then Redis hangs (SIGSTOP): reads still answer
+from PostgreSQL within a client's deadline."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +31,10 @@ from gen.medmesh.infer.v1 import GetResultRequest, ListResultsRequest
 from medmesh.jetstream import connect_nats, publish_message
 from medmesh.objects import RAW_IMAGES, ObjectStore
 from svc_infer.cache import CACHE_READS
+
+# A client's deadline for a read while Redis hangs: generous beside the cache's 1 s bound per
+# call, far below the 2 s x 4 per call (twice per read) the Redis client would wait.
+HUNG_DEADLINE_S = 6.0
 
 
 @pytest.fixture
@@ -158,6 +165,21 @@ async def test_redis_down_results_come_from_postgres_sign_in_fails_closed_and_th
             await stub.list_results(ListResultsRequest(parent=parent), metadata=meta)
             hits_after = reads("result", "hit"), reads("study", "hit")
             assert (await auth.login(clinician)).access_token
+
+            # Redis hangs (SIGSTOP: connections accepted, nothing answered): reads still
+            # come from PostgreSQL within a client's deadline, not after the Redis client's
+            # 2 s socket timeout times its retries for each cache call.
+            assert own_redis.pid is not None
+            os.kill(own_redis.pid, signal.SIGSTOP)
+            try:
+                hung = await stub.get_result(
+                    GetResultRequest(name=first_name), metadata=meta, timeout=HUNG_DEADLINE_S
+                )
+                listed_hung = await stub.list_results(
+                    ListResultsRequest(parent=parent), metadata=meta, timeout=HUNG_DEADLINE_S
+                )
+            finally:
+                os.kill(own_redis.pid, signal.SIGCONT)
     finally:
         await nc.drain()
 
@@ -169,3 +191,5 @@ async def test_redis_down_results_come_from_postgres_sign_in_fails_closed_and_th
     # The cache is used again: the second GetResult and the second ListResults are hits.
     assert hits_after[0] == hits[0] + 1
     assert hits_after[1] == hits[1] + 1
+    assert hung.result == before
+    assert [r.name for r in listed_hung.results] == [first_name, second_name]
