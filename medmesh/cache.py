@@ -4,6 +4,10 @@ redis-py connects lazily, so a wrong URL would otherwise only show on the first 
 `open_redis` pings first so that start-up fails with `DependencyUnavailable("redis")`.
 Short socket timeouts keep a stalled Redis from holding a request for redis-py's default
 of "forever", and a jittered exponential retry rides out a failover or a dropped connection.
+The pool *waits* (up to the socket timeout) for a free connection when all `max_connections`
+are busy: redis-py's default pool raises "Too many connections" at once instead, which under
+200 concurrent clients made svc_auth's gateway Check answer UNAVAILABLE within milliseconds
+(found by bench/bench_load.py).
 
 Transport: `rediss://` speaks TLS and verifies the server's certificate and host name (against
 `ca_file` when given, else the system's CAs); the password (`redis://:PASSWORD@host`, or
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -49,8 +53,9 @@ async def open_redis(
         tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
         if ca_file:
             tls["ssl_ca_certs"] = ca_file
-    client = Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        timeout=socket_timeout_s,
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=connect_timeout_s,
         socket_keepalive=True,
@@ -64,6 +69,7 @@ async def open_redis(
         client_name=client_name,
         **tls,
     )
+    client = Redis.from_pool(pool)
     try:
         await client.ping()
     except (RedisError, OSError) as exc:

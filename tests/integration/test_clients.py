@@ -4,6 +4,7 @@ server cannot be reached."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -283,6 +284,21 @@ async def test_redis_client_round_trips_a_value(redis_url: str, name_prefix: str
         assert await redis.get(f"{name_prefix}:k") == b"v"
     finally:
         await redis.delete(f"{name_prefix}:k")
+        await redis.aclose()
+
+
+async def test_redis_commands_beyond_the_pool_size_wait_for_a_connection_instead_of_failing(
+    redis_url: str, name_prefix: str
+) -> None:
+    redis = await open_redis(redis_url, max_connections=2)
+    try:
+        # Four commands that each hold a connection for 1 s on a pool of two: the last two
+        # wait for a free connection (redis-py's default pool raised "Too many connections").
+        popped = await asyncio.gather(
+            *(redis.blpop([f"{name_prefix}:empty-{i}"], timeout=1) for i in range(4))
+        )
+        assert popped == [None, None, None, None]
+    finally:
         await redis.aclose()
 
 
