@@ -1,8 +1,9 @@
 """PostgreSQL stopped: svc_ingest's RPCs fail at once with UNAVAILABLE ("server unreachable":
 the pool saw its connection attempt refused and did not wait out its acquire timeout), a note
 refused meanwhile leaves no file row and no object in the raw bucket, and when PostgreSQL
-returns svc_ingest (in this process) and svc_infer (a real process) work again without a
-restart: new uploads get their results."""
+returns svc_ingest (in this process), svc_infer and svc_report (real processes that lived
+through the outage) work again without a restart: new uploads get their results and every
+study its report."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ from integration.auth.auth_harness import Mailbox, auth_settings, running_auth
 from support.tokens import TokenFactory
 
 from gen.medmesh.ingest.v1 import CreateStudyRequest, CreateTextNoteRequest, GetStudyRequest
+from gen.medmesh.report.v1 import ReportStatus
 from medmesh.db import Database
 from medmesh.errors import DependencyUnavailable
+from medmesh.migrate import migrate_all
 from medmesh.objects import RAW_IMAGES, ObjectStore
 
 RESULTS_SQL = "SELECT count(*) FROM infer.results"
+READY_SQL = f"SELECT count(*) FROM report.reports WHERE status = {int(ReportStatus.READY)}"
 # A generous bound, not a timing assert: an RPC must not wait out the pool's 5 s acquire timeout.
 UNAVAILABLE_WITHIN_S = 4.0
 RECOVERY_WITHIN_S = 30.0
@@ -100,13 +104,24 @@ async def test_postgres_down_fails_fast_with_unavailable_and_services_recover_wi
     model_server_address: str,
     fault_objects: ObjectStore,
 ) -> None:
+    # Every schema first: svc_report reads svc_ingest's and svc_infer's read-model views.
+    await asyncio.to_thread(
+        migrate_all, {**fault_stack.base_env, "MEDMESH_POSTGRES_URL": own_postgres.url}
+    )
     worker = fault_stack.service(
         "infer",
         "infer",
         MEDMESH_POSTGRES_URL=own_postgres.url,
         **infer_env(fault_stack, model_server_address),
     )
-    await worker.start()
+    reporter = fault_stack.service(
+        "report",
+        "report",
+        MEDMESH_POSTGRES_URL=own_postgres.url,
+        MEDMESH_JOB_ACK_WAIT_S="2",
+        MEDMESH_REPORT_RETRY_BACKOFF_S="0.5,1",
+    )
+    await asyncio.gather(worker.start(), reporter.start())
     stack = fault_stack
     stack.database_url = own_postgres.url  # count results in the test's own PostgreSQL
     async with running_ingest(stack, tokens, postgres_url=own_postgres.url) as stub:
@@ -145,7 +160,9 @@ async def test_postgres_down_fails_fast_with_unavailable_and_services_recover_wi
         recovered_s = time.monotonic() - back
         for n in range(101, 103):
             await clinic.upload(n)
-        await wait_for_count(stack, RESULTS_SQL, len(clinic.file_ids), [worker])
+        await wait_for_count(stack, RESULTS_SQL, len(clinic.file_ids), [worker, reporter])
+        # svc_report (a process that lived through the outage) reports every study.
+        await wait_for_count(stack, READY_SQL, len(clinic.file_ids), [worker, reporter])
         got = await stub.get_study(GetStudyRequest(name=study.name), metadata=auth)
 
     assert [code for code, _, _ in outcomes] == [grpc.StatusCode.UNAVAILABLE] * 3
