@@ -6,13 +6,15 @@ would be more than `period` ahead of now, and the wait until it would not is the
 Retry-After. The key expires when the bucket is full again, so idle counters vanish by
 themselves. The clock is Redis's own (`TIME`), so replicas with skewed clocks agree.
 
-When Redis cannot be reached every call raises `DependencyUnavailable("redis")` (UNAVAILABLE):
-the limits fail closed. A sign-in attempt that cannot be counted is not allowed, or a Redis
-outage would be a window for unlimited password guessing (tests/fault/test_fault_redis_outage.py).
+When Redis cannot be reached, or does not answer within `OP_TIMEOUT_S`, every call raises
+`DependencyUnavailable("redis")` (UNAVAILABLE): the limits fail closed. A sign-in attempt that
+cannot be counted is not allowed, or a Redis outage would be a window for unlimited password
+guessing (tests/fault/test_fault_redis_outage.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -57,6 +59,12 @@ return 1
 """
 
 
+OP_TIMEOUT_S = 1.0
+"""The most one limiter call may take before it counts as Redis unavailable (a hung Redis
+would otherwise hold a sign-in for the client's socket timeout times its retries, per bucket)."""
+_UNAVAILABLE = (*TRANSIENT_ERRORS, TimeoutError)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Whether a request may proceed, and if not, after how many seconds it may."""
@@ -68,9 +76,10 @@ class Verdict:
 class RateLimiter:
     """Named GCRA buckets under one Redis key prefix."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, *, op_timeout_s: float = OP_TIMEOUT_S) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._op_timeout_s = op_timeout_s
         self._script = redis.register_script(_GCRA)
         self._refund = redis.register_script(_REFUND)
 
@@ -89,26 +98,29 @@ class RateLimiter:
     async def refund(self, bucket: str, subject: str, rate: Rate) -> None:
         """Give back one request counted by `hit` (it turned out not to count)."""
         try:
-            await self._refund(keys=[self.key(bucket, subject)], args=[_emission_us(rate)])
-        except TRANSIENT_ERRORS as exc:
-            raise DependencyUnavailable("redis", str(exc)) from exc
+            async with asyncio.timeout(self._op_timeout_s):
+                await self._refund(keys=[self.key(bucket, subject)], args=[_emission_us(rate)])
+        except _UNAVAILABLE as exc:
+            raise DependencyUnavailable("redis", str(exc) or "no answer in time") from exc
 
     async def reset(self, bucket: str, subject: str) -> None:
         """Forget the bucket (e.g. failed logins after a successful one)."""
         try:
-            await self._redis.delete(self.key(bucket, subject))
-        except TRANSIENT_ERRORS as exc:
-            raise DependencyUnavailable("redis", str(exc)) from exc
+            async with asyncio.timeout(self._op_timeout_s):
+                await self._redis.delete(self.key(bucket, subject))
+        except _UNAVAILABLE as exc:
+            raise DependencyUnavailable("redis", str(exc) or "no answer in time") from exc
 
     async def _run(self, bucket: str, subject: str, rate: Rate, *, consume: bool) -> Verdict:
         tolerance_us = rate.period_s * 1_000_000
         try:
-            allowed, retry_us = await self._script(
-                keys=[self.key(bucket, subject)],
-                args=[_emission_us(rate), int(tolerance_us), "1" if consume else "0"],
-            )
-        except TRANSIENT_ERRORS as exc:
-            raise DependencyUnavailable("redis", str(exc)) from exc
+            async with asyncio.timeout(self._op_timeout_s):
+                allowed, retry_us = await self._script(
+                    keys=[self.key(bucket, subject)],
+                    args=[_emission_us(rate), int(tolerance_us), "1" if consume else "0"],
+                )
+        except _UNAVAILABLE as exc:
+            raise DependencyUnavailable("redis", str(exc) or "no answer in time") from exc
         return Verdict(bool(allowed), int(retry_us) / 1_000_000)
 
 

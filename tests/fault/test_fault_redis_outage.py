@@ -4,7 +4,7 @@ cache miss), its workers keep storing results, and svc_auth's sign-in limits fai
 outage never opens the door to password guessing). Redis comes back with its data (AOF) and
 no restart of anything: the cache is used again, and a study's list cached before the outage
 does not hide the result stored during it. Then Redis hangs (SIGSTOP): reads still answer
-from PostgreSQL within a client's deadline."""
+from PostgreSQL, and Login UNAVAILABLE, within a client's deadline."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from integration.auth.auth_harness import Mailbox, auth_settings, running_auth
 from support.infer import CONTENT_TYPES
 from support.tokens import TokenFactory
 
+from gen.medmesh.auth.v1 import LoginRequest
 from gen.medmesh.common.v1 import FileKind
 from gen.medmesh.events.v1 import InferenceJob
 from gen.medmesh.infer.v1 import GetResultRequest, ListResultsRequest
@@ -178,6 +179,11 @@ async def test_redis_down_results_come_from_postgres_sign_in_fails_closed_and_th
                 listed_hung = await stub.list_results(
                     ListResultsRequest(parent=parent), metadata=meta, timeout=HUNG_DEADLINE_S
                 )
+                with pytest.raises(grpc.aio.AioRpcError) as refused_hung:
+                    await auth.stub.login(
+                        LoginRequest(email=clinician, password="a wrong one, quickly"),
+                        timeout=HUNG_DEADLINE_S,
+                    )
             finally:
                 os.kill(own_redis.pid, signal.SIGCONT)
     finally:
@@ -192,4 +198,6 @@ async def test_redis_down_results_come_from_postgres_sign_in_fails_closed_and_th
     assert hits_after[0] == hits[0] + 1
     assert hits_after[1] == hits[1] + 1
     assert hung.result == before
+    # Sign-in fails closed quickly too, not after the client's timeouts times its retries.
+    assert refused_hung.value.code() == grpc.StatusCode.UNAVAILABLE
     assert [r.name for r in listed_hung.results] == [first_name, second_name]
