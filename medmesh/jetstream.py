@@ -212,7 +212,12 @@ class Topology:
     @property
     def laned_subjects(self) -> tuple[str, ...]:
         """Job subjects published per clinic: `<job subject>.<clinic token>`."""
-        return (self.infer_image_subject, self.infer_text_subject)
+        return (
+            self.infer_image_subject,
+            self.infer_text_subject,
+            self.report_subject,
+            self.deliver_subject,
+        )
 
     def lane_subject(self, job_subject: str, clinic_id: str) -> str:
         """The clinic's lane of a laned job subject (`<root>.jobs.infer.image.clinic-a`);

@@ -5,6 +5,11 @@
 - `report` (medmesh.jetstream.Topology.report_consumer): ReportJob → render, archive, announce.
 - `deliver` (Topology.deliver_consumer): DeliveryJob → push to the clinic's MIS.
 
+Report and delivery jobs travel on their clinic's lane (`<job subject>.<clinic>`) and are
+fetched round-robin over the clinics with jobs waiting (medmesh.lanes), so one clinic's burst
+of reports does not hold up another clinic's; a job on another clinic's lane is dead-lettered
+unhandled.
+
 A handler returns what to do with its message: `Done` (ack), `Retry(error)` (nak with the
 configured delay; on the consumer's last attempt the message is dead-lettered instead) or
 `GiveUp(error)` (dead-letter now: no retry can help). The rules, the attempt count and the
@@ -27,7 +32,8 @@ from opentelemetry import propagate, trace
 
 from medmesh.consumers import PullConsumer
 from medmesh.errors import DomainError
-from medmesh.jetstream import ConsumerSpec, Topology
+from medmesh.jetstream import ConsumerSpec, Topology, lane_token
+from medmesh.lanes import LanedPullConsumer
 from medmesh.resources import JetStream
 from medmesh.settle import Attempt, Done, GiveUp, Outcome, Retry, Settler
 
@@ -90,17 +96,23 @@ class ConsumerLoop:
         self._job_type = job_type
         self._on_replay = on_replay
         self._settler = settler or Settler(jetstream, spec, retry_backoff_s)
+        self._topology = jetstream.topology
         # A stop while a batch is in hand lets it finish (and ack) within the grace period.
-        self._consumer = PullConsumer(
-            jetstream.js,
-            spec.stream,
-            spec.config(),
-            self._handle_batch,
-            batch_size=batch,
-            concurrency=concurrency,
-            fetch_timeout_s=FETCH_TIMEOUT_S,
-            stop_grace_s=STOP_GRACE_S,
-        )
+        options: dict[str, Any] = {
+            "batch_size": batch,
+            "concurrency": concurrency,
+            "fetch_timeout_s": FETCH_TIMEOUT_S,
+            "stop_grace_s": STOP_GRACE_S,
+        }
+        self._consumer: PullConsumer
+        if spec.filter_subject in self._topology.laned_subjects:  # fair: clinic lanes
+            self._consumer = LanedPullConsumer(
+                jetstream.nc, jetstream.js, self._topology, spec, self._handle_batch, **options
+            )
+        else:
+            self._consumer = PullConsumer(
+                jetstream.js, spec.stream, spec.config(), self._handle_batch, **options
+            )
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Declare (idempotent) and bind the durable consumer, run until `stack` closes."""
@@ -134,6 +146,11 @@ class ConsumerLoop:
                 log.warning("consumer.settle_failed", consumer=self.spec.durable, error=str(exc))
 
     async def _run(self, msg: Msg, attempt: Attempt) -> tuple[Outcome, str]:
+        lane = self._topology.lane_of(msg.subject)
+        clinic_id = _clinic_of(self._job_type, msg)
+        if lane and lane != lane_token(clinic_id):  # forged or misrouted: never handled
+            misrouted = f"a job of clinic {clinic_id!r} arrived on the lane of {lane!r}"
+            return GiveUp(misrouted), clinic_id
         try:
             if attempt.replay_of and self._on_replay is not None:
                 await self._on_replay(msg)

@@ -48,9 +48,8 @@ async def enqueue_delivery(
         redelivery=redelivery,
         enqueue_time=datetime.now(UTC),
     )
-    await outbox.enqueue(
-        conn, topology.deliver_subject, job, msg_id=uuid.UUID(delivery.delivery_id)
-    )
+    subject = topology.publish_subject(topology.deliver_subject, report.clinic_id)  # its lane
+    await outbox.enqueue(conn, subject, job, msg_id=uuid.UUID(delivery.delivery_id))
     return delivery
 
 

@@ -78,7 +78,8 @@ class ReportRequests:
             requested_by=requested_by,
             enqueue_time=datetime.now(UTC),
         )
-        await self._outbox.enqueue(conn, self._topology.report_subject, job, msg_id=job_id)
+        subject = self._topology.publish_subject(self._topology.report_subject, clinic_id)
+        await self._outbox.enqueue(conn, subject, job, msg_id=job_id)  # the clinic's lane
         return Requested(report, enqueued=True)
 
     async def generate(self, clinic_id: str, study_id: str, actor: AuditActor) -> Requested:

@@ -16,10 +16,15 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from support.jetstream import published
 
+from gen.medmesh.events.v1 import DeadLetterEnvelope, ReportJob
 from medmesh.consumers import BatchHandler, PullConsumer
-from medmesh.jetstream import Topology, ensure_topology
+from medmesh.jetstream import Topology, ensure_topology, publish_message
 from medmesh.lanes import LanedPullConsumer
+from medmesh.resources import JetStream
+from medmesh.settle import Attempt, Done, Outcome
+from svc_report.consumers import ConsumerLoop
 
 WAIT_S = 30.0
 FLOOD = 300
@@ -208,3 +213,38 @@ async def test_a_nakked_job_comes_back_on_its_lane_and_is_settled(jobs: Jobs) ->
         f"clinic-a-{n}" for n in range(4)
     ]
     await jobs.assert_all_settled()
+
+
+async def test_svc_reports_loop_handles_a_clinics_lane_and_dead_letters_a_job_on_another_lane(
+    jobs: Jobs,
+) -> None:
+    handled: list[str] = []
+
+    async def handle(msg: Msg, attempt: Attempt) -> tuple[Outcome, str]:
+        job = ReportJob.FromString(msg.data)
+        handled.append(job.job_id)
+        return Done(), job.clinic_id
+
+    base = jobs.topology.report_subject
+    for job_id, lane in (("own-lane", "clinic-a"), ("other-lane", "clinic-b")):
+        job = ReportJob(job_id=job_id, clinic_id="clinic-a", study_id="s", report_id="r")
+        subject = jobs.topology.lane_subject(base, lane)
+        await publish_message(jobs.js, subject, job, msg_id=job_id)
+    async with AsyncExitStack() as stack:
+        loop = ConsumerLoop(
+            jobs.topology.report_consumer,
+            JetStream(jobs.nc, jobs.js, jobs.topology),
+            handle,
+            job_type=ReportJob,
+            retry_backoff_s=(0.05,),
+        )
+        await loop.start(stack)
+        (letter,) = await published(
+            jobs.js, jobs.topology.dlq_subject(base), DeadLetterEnvelope, timeout_s=WAIT_S
+        )
+        await jobs.assert_all_settled()
+
+    assert handled == ["own-lane"]
+    assert ReportJob.FromString(letter.payload).job_id == "other-lane"
+    assert "arrived on the lane of 'clinic-b'" in letter.error
+    assert (letter.original_subject, letter.attempts) == (base, 1)

@@ -18,7 +18,9 @@ HASHED = lane_token("clinic.with dots*")
         ("mm.jobs.infer.text", "clinic-b", "mm.jobs.infer.text.clinic-b"),
         ("mm.jobs.infer.image", "clinic.with dots*", f"mm.jobs.infer.image.{HASHED}"),
         ("mm.jobs.infer.image", "", "mm.jobs.infer.image"),  # no clinic: the job subject
-        ("mm.jobs.report", "clinic-a", "mm.jobs.report"),  # not laned
+        ("mm.jobs.report", "clinic-a", "mm.jobs.report.clinic-a"),
+        ("mm.jobs.deliver", "clinic-a", "mm.jobs.deliver.clinic-a"),
+        ("mm.events.study.results_ready", "clinic-a", "mm.events.study.results_ready"),
     ],
 )
 def test_a_job_is_published_on_its_clinics_lane_when_its_subject_has_lanes(
@@ -33,9 +35,9 @@ def test_a_job_is_published_on_its_clinics_lane_when_its_subject_has_lanes(
         ("mm.jobs.infer.image.clinic-a", "mm.jobs.infer.image", "clinic-a"),
         (f"mm.jobs.infer.text.{HASHED}", "mm.jobs.infer.text", HASHED),
         ("mm.jobs.infer.image", "mm.jobs.infer.image", ""),
-        ("mm.jobs.report.clinic-a", "mm.jobs.report.clinic-a", ""),  # report has no lanes
+        ("mm.jobs.report.clinic-a", "mm.jobs.report", "clinic-a"),
+        ("mm.events.study.uploaded", "mm.events.study.uploaded", ""),  # events have no lanes
         ("mm.jobs.infer.image._x", "mm.jobs.infer.image._x", ""),  # not a lane token
-        ("mm.events.study.uploaded", "mm.events.study.uploaded", ""),
     ],
 )
 def test_a_lane_subject_names_its_job_subject_and_its_lane(
@@ -68,4 +70,4 @@ def test_a_lanes_consumer_is_the_job_consumer_with_its_own_name_filter_and_idle_
 
 def test_only_laned_subjects_have_lanes() -> None:
     with pytest.raises(ValueError, match="has no clinic lanes"):
-        T.lane_subject(T.report_subject, "clinic-a")
+        T.lane_subject(T.study_event_subject("results_ready"), "clinic-a")
