@@ -159,3 +159,30 @@ async def test_a_put_after_the_study_was_deleted_leaves_no_object(ingest: Ingest
     assert await asyncio.to_thread(http_put, announced.url, data) == 200
     await ingest.eventually(lambda: ingest.object_keys() == [])
     assert ingest.count("medical_data") == 0
+
+
+async def test_concurrent_completions_accept_one_copy_and_leave_no_other_object(
+    ingest: Ingest,
+) -> None:
+    study = await ingest.create_study()
+    data = png(200, 150, seed=51)
+    announced = await announce(ingest, study, data)
+    assert await asyncio.to_thread(http_put, announced.url, data) == 200
+    request = CompleteUploadRequest(name=announced.file.name)
+    results = await asyncio.gather(
+        *(ingest.stub.complete_upload(request, metadata=ingest.auth()) for _ in range(4)),
+        return_exceptions=True,
+    )
+    done = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(done) + len(refused) == 4
+    assert done, [r.details() for r in refused]
+    # A call that overlapped a running completion is told to retry; none half-stored a file.
+    assert {r.code() for r in refused} <= {grpc.StatusCode.FAILED_PRECONDITION}
+    assert {d.file.sha256 for d in done} == {sha256(data)}
+    ((key, status, lease),) = ingest.rows(
+        "SELECT object_key, status, completion_key FROM ingest.medical_data"
+    )
+    assert (status, lease) == (FileStatus.STORED, None)
+    await ingest.eventually(lambda: ingest.object_keys() == [key])
+    assert len(await ingest.eventually(ingest.jobs)) == 1

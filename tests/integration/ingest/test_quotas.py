@@ -165,8 +165,16 @@ async def test_concurrent_uploads_stop_at_the_clinics_stored_bytes_and_store_not
     with pytest.raises(grpc.aio.AioRpcError) as early:
         await announce(ingest, refused_study, 9)
     assert await quota_subjects(early.value) == ["clinics/clinic-a/storedBytes"]
+
     # ...and deleting a study frees what only it held (once its analysis is done: here set
-    # directly, as if svc_infer had answered).
+    # directly, as if svc_infer had answered, once its job is on the queue).
+    def queued() -> bool:
+        status = ingest.rows(
+            "SELECT status FROM ingest.studies WHERE study_id = %s", studies[kept[1]].study_id
+        )
+        return status == [(int(StudyStatus.QUEUED),)]
+
+    await ingest.eventually(queued)
     ingest.rows(
         "UPDATE ingest.studies SET status = %s WHERE study_id = %s RETURNING study_id",
         int(StudyStatus.RESULT_READY),
