@@ -35,8 +35,18 @@ def test_variables_are_parsed_by_the_type_of_their_field() -> None:
         {"MEDMESH_INGEST_MAX_PIXELS": "lots"},
         {"MEDMESH_INGEST_PART_SIZE_BYTES": str(4 * MIB)},
         {"MEDMESH_INGEST_STREAMING_PUT_MAX_BYTES": str(6 * 1024 * MIB)},
+        {"MEDMESH_INGEST_PENDING_UPLOAD_MAX_AGE_S": "1200"},
+        {"MEDMESH_INGEST_MAX_FILES_PER_STUDY": "0"},
+        {"MEDMESH_INGEST_MAX_STORED_BYTES": "0"},
     ],
-    ids=["not a number", "part below S3's 5 MiB", "single PUT above S3's 5 GiB"],
+    ids=[
+        "not a number",
+        "part below S3's 5 MiB",
+        "single PUT above S3's 5 GiB",
+        "abandoned before the URL and the completion lease ran out",
+        "no files per study",
+        "no bytes per clinic",
+    ],
 )
 def test_bad_values_fail_at_start_up(extra: dict[str, str]) -> None:
     with pytest.raises(SettingsError):
