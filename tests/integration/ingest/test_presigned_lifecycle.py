@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import urllib.request
+import uuid
 from dataclasses import replace
 
 import grpc
@@ -186,3 +187,31 @@ async def test_concurrent_completions_accept_one_copy_and_leave_no_other_object(
     assert (status, lease) == (FileStatus.STORED, None)
     await ingest.eventually(lambda: ingest.object_keys() == [key])
     assert len(await ingest.eventually(ingest.jobs)) == 1
+
+
+async def test_the_copy_of_a_completion_that_died_is_removed_by_the_next_one(
+    ingest: Ingest,
+) -> None:
+    study = await ingest.create_study()
+    data = png(60, 60, seed=61)
+    announced = await announce(ingest, study, data)
+    assert await asyncio.to_thread(http_put, announced.url, data) == 200
+    # A replica claimed the file, copied it and died: its lease ran out long ago.
+    dead_copy = f"clinic-a/{study.study_id}/{uuid.uuid4()}"
+    await ingest.objects.put_bytes(RAW_IMAGES, dead_copy, data)
+    lease = ingest.config.complete_lease_s + 60
+    ingest.rows(
+        "UPDATE ingest.medical_data SET completion_key = %s,"
+        " completion_started = now() - make_interval(secs => %s) WHERE file_id = %s"
+        " RETURNING file_id",
+        dead_copy,
+        lease,
+        announced.file.file_id,
+    )
+    done = await ingest.stub.complete_upload(
+        CompleteUploadRequest(name=announced.file.name), metadata=ingest.auth()
+    )
+    assert done.file.status == FileStatus.STORED
+    ((key,),) = ingest.rows("SELECT object_key FROM ingest.medical_data")
+    assert key != dead_copy
+    await ingest.eventually(lambda: ingest.object_keys() == [key])
