@@ -42,6 +42,7 @@ from urllib.parse import SplitResult
 
 import structlog
 from minio import time as minio_time
+from minio.error import S3Error
 from minio.signer import sign_v4_s3
 
 from medmesh.errors import DependencyUnavailable
@@ -304,7 +305,9 @@ class StreamingPutWriter:
             self._terminated = False
             try:
                 await self._store.remove(self._logical_bucket, self._key)
-            except DependencyUnavailable as exc:
+            except (DependencyUnavailable, S3Error) as exc:
+                # S3Error: S3 refused the removal (a wrong key is refused for it as for the
+                # PUT); raising it would hide the commit's failure from the caller.
                 log.warning("object cleanup failed", key=self._key, error=str(exc))
 
     def _close(self) -> None:
