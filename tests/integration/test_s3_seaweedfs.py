@@ -22,6 +22,7 @@ from support.seaweedfs import SeaweedFSServer, started_seaweedfs
 
 from medmesh.errors import DependencyUnavailable, FailedPrecondition, NotFound
 from medmesh.objects import LOGICAL_BUCKETS, RAW_IMAGES, REPORTS_ARCHIVE, ObjectStore
+from svc_ingest.sink import MultipartObjectWriter
 from svc_ingest.streaming_put import StreamingPutWriter
 
 MIB = 1024 * 1024
@@ -190,6 +191,49 @@ async def test_an_aborted_streaming_put_leaves_no_object(store: ObjectStore) -> 
     await writer.abort()
     with pytest.raises(NotFound):
         await store.stat(RAW_IMAGES, "studies/s1/aborted.png")
+    assert await store.list_keys(RAW_IMAGES, "studies/s1/") == []
+
+
+def incomplete_uploads(store: ObjectStore) -> list[str]:
+    """The multipart uploads SeaweedFS still holds in the raw-images bucket."""
+    listing = store.client._list_multipart_uploads(store.bucket(RAW_IMAGES))
+    return [u.upload_id for u in listing.uploads]
+
+
+async def test_svc_ingests_multipart_writer_stores_the_parts_as_one_object_at_commit(
+    store: ObjectStore,
+) -> None:
+    data = os.urandom(12 * MIB + 3)
+    writer = MultipartObjectWriter(
+        store,
+        RAW_IMAGES,
+        "studies/s1/multi.dcm",
+        content_type="application/dicom",
+        part_size=5 * MIB,
+    )
+    for offset in range(0, len(data), MIB):
+        await writer.write(data[offset : offset + MIB])
+    assert len(incomplete_uploads(store)) == 1
+    with pytest.raises(NotFound):
+        await store.stat(RAW_IMAGES, "studies/s1/multi.dcm")
+    await writer.commit()
+    assert await store.get_bytes(RAW_IMAGES, "studies/s1/multi.dcm") == data
+    assert incomplete_uploads(store) == []
+
+
+async def test_an_aborted_multipart_upload_leaves_no_object_and_no_upload(
+    store: ObjectStore,
+) -> None:
+    writer = MultipartObjectWriter(
+        store,
+        RAW_IMAGES,
+        "studies/s1/dropped.dcm",
+        content_type="application/dicom",
+        part_size=5 * MIB,
+    )
+    await writer.write(os.urandom(11 * MIB))  # two parts uploaded, one partly filled
+    await writer.abort()
+    assert incomplete_uploads(store) == []
     assert await store.list_keys(RAW_IMAGES, "studies/s1/") == []
 
 
