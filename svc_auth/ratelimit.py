@@ -62,7 +62,7 @@ return 1
 OP_TIMEOUT_S = 1.0
 """The most one limiter call may take before it counts as Redis unavailable (a hung Redis
 would otherwise hold a sign-in for the client's socket timeout times its retries, per bucket)."""
-_UNAVAILABLE = (*TRANSIENT_ERRORS, TimeoutError)
+_UNAVAILABLE: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, TimeoutError)
 
 
 @dataclass(frozen=True)
