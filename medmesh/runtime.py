@@ -10,9 +10,11 @@ exit stack closes what setup opened, in reverse (workers before the pools they u
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -192,7 +194,11 @@ async def _jwks_verifier(
 
 
 def run_service(service: str, setup: Setup, *, migrations: Sequence[Migrations] = ()) -> None:
-    """Entry point of `python -m svc_<service>`: settings from the environment, then `serve`."""
+    """Entry point of `python -m svc_<service>`: settings from the environment, then `serve`.
+
+    faulthandler first: a crash in native code (a segfault inside grpc's cygrpc, say) then
+    leaves every thread's Python traceback on stderr, which `medmesh up` sends to the log."""
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     settings = Settings.from_env(os.environ, service=service)
     configure_logging(service, settings.log_level)
     configure_tracing(service, settings.otlp_endpoint)
