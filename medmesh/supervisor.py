@@ -3,7 +3,11 @@
 Starts the dependencies that have no URL configured (embedded, data kept under the data
 directory), migrates every schema, starts each service as its own process on a free port,
 waits until each reports SERVING through its ready file, then prints where everything listens.
-Ctrl-C (or SIGTERM) stops the services gracefully, then the embedded dependencies.
+A service, the edge or the model server that dies (a crash, kill -9, OOM) is started again on
+the addresses it had, with a growing pause between restarts, so the printed addresses stay
+true and the edge keeps its upstreams; what a dead worker had taken is redelivered by
+JetStream and what svc_ingest had committed is sent by its outbox. Ctrl-C (or SIGTERM) stops
+the services gracefully, then the embedded dependencies.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -34,6 +38,10 @@ _log = structlog.get_logger("medmesh.up")
 
 READY_TIMEOUT_S = 60.0
 MODEL_SERVER_READY_TIMEOUT_S = 180.0
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+"""Pause before the 1st, 2nd, ... restart of the same process (the last one repeats); a
+process that stayed up for RESTART_RESET_S starts again from the first."""
+RESTART_RESET_S = 60.0
 
 
 class StartupError(RuntimeError):
@@ -49,6 +57,12 @@ class ServiceProcess:
     ready_file: Path
     log_file: Path
     addresses: Mapping[str, str] | None = None
+    # How it was started, so that a dead one can be started again the same way.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    module: str = ""
+    arguments: tuple[str, ...] = ()
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
 
 
 def _spawn(
@@ -75,7 +89,76 @@ def _spawn(
             # A supervisor killed outright (SIGKILL, OOM) must not leave services running.
             preexec_fn=die_with_parent(signal.SIGTERM),  # noqa: PLW1509 - only calls prctl
         )
-    return ServiceProcess(name, process, ready_file, log_file)
+    return ServiceProcess(
+        name, process, ready_file, log_file, env=env, module=module, arguments=arguments
+    )
+
+
+def _same_addresses(service: ServiceProcess) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The environment and arguments that bind a restarted process where the dead one was."""
+    addresses = service.addresses or {}
+    env = dict(service.env)
+    arguments = service.arguments
+    if grpc_addr := addresses.get("grpc"):
+        env["MEDMESH_GRPC_ADDR"] = grpc_addr
+        port = grpc_addr.rsplit(":", 1)[1]
+        arguments = tuple(
+            port if i > 0 and arguments[i - 1] == "--port" else value
+            for i, value in enumerate(arguments)
+        )
+    if metrics_addr := addresses.get("metrics"):
+        env["MEDMESH_METRICS_ADDR"] = metrics_addr
+    return env, arguments
+
+
+def restart_if_dead(
+    service: ServiceProcess,
+    timeout_s: float = READY_TIMEOUT_S,
+    stopping: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Start `service` again, on its old addresses, if its process has exited and its pause
+    is over; True once it is SERVING again. The same object is updated, so whoever holds it
+    (the Ctrl-C handling included) sees the new process."""
+    code = service.process.poll()
+    if code is None:
+        return False
+    now = time.monotonic()
+    if now - service.started_at > RESTART_RESET_S:
+        service.restarts = 0
+    pause = RESTART_BACKOFF_S[min(service.restarts, len(RESTART_BACKOFF_S) - 1)]
+    try:
+        why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    except ValueError:
+        why = f"signal {-code}"
+    print(
+        f"medmesh up: {service.name} died ({why}; see {service.log_file}); "
+        f"starting it again in {pause:.0f} s on the same addresses",
+        file=sys.stderr,
+        flush=True,
+    )
+    until = time.monotonic() + pause
+    while time.monotonic() < until:
+        if stopping():
+            return False
+        time.sleep(0.1)
+    env, arguments = _same_addresses(service)
+    fresh = _spawn(
+        service.name,
+        env,
+        service.ready_file.parent,
+        service.log_file.parent,
+        service.module,
+        arguments,
+    )
+    service.process, service.restarts, service.started_at = fresh.process, service.restarts + 1, now
+    previous, service.addresses = service.addresses, None
+    try:
+        _wait_ready([service], timeout_s)
+    except StartupError as exc:
+        service.addresses = previous  # try again, on the same addresses, after a longer pause
+        print(f"medmesh up: {exc}", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def _wait_ready(services: list[ServiceProcess], timeout_s: float) -> None:
@@ -234,7 +317,8 @@ def status_document(services: list[ServiceProcess]) -> dict[str, str]:
     }
 
 
-def _wait_for_signal() -> None:
+def _supervise_until_signal(children: list[ServiceProcess], poll_s: float = 0.5) -> None:
+    """Until Ctrl-C/SIGTERM: start again any child that died."""
     received: list[int] = []
 
     def handler(signum: int, _frame: FrameType | None) -> None:
@@ -243,7 +327,11 @@ def _wait_for_signal() -> None:
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not received:
-            signal.pause()
+            for child in children:
+                if received:
+                    break
+                restart_if_dead(child, stopping=lambda: bool(received))
+            time.sleep(poll_s)
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
@@ -290,7 +378,7 @@ def up(data_dir: Path, status_file: Path | None, environ: Mapping[str, str]) -> 
             f"logs in {data_dir / 'logs'}; mail in {data_dir / 'mail'}; Ctrl-C stops everything",
             flush=True,
         )
-        _wait_for_signal()
+        _supervise_until_signal([*([model_server] if model_server else []), *services, edge])
     return 0
 
 

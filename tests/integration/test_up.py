@@ -4,14 +4,17 @@ answer health and reflection, addresses printed and written, Ctrl-C stops everyt
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psutil
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -103,6 +106,53 @@ def test_up_serves_the_edge_in_front_of_the_services(stack) -> None:
     with urllib.request.urlopen(f"{status['edge']}/.well-known/jwks.json", timeout=10) as reply:
         assert reply.headers["content-type"] == "application/json"
         assert isinstance(json.loads(reply.read())["keys"], list)
+
+
+def _child_pid(parent: int, module: str) -> int:
+    """The pid of `medmesh up`'s child running `python -m module`."""
+    for child in psutil.Process(parent).children():
+        if child.cmdline()[1:3] == ["-m", module]:
+            return child.pid
+    raise AssertionError(f"no child runs {module}")
+
+
+def test_a_service_killed_under_up_is_started_again_on_the_same_address(stack) -> None:
+    process, status, printed = stack
+    old_pid = _child_pid(process.pid, "svc_report")
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while True:  # polled until up has started it again: a bound, not a timing assertion
+        try:
+            with grpc.insecure_channel(status["report"]) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service="medmesh.report.v1.ReportService"),
+                    timeout=2,
+                )
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+        except grpc.RpcError:
+            pass
+        assert time.monotonic() < deadline, "svc_report was not started again"
+        time.sleep(0.5)
+    assert _child_pid(process.pid, "svc_report") != old_pid
+    assert process.poll() is None
+    # The edge's upstream address is still right: a call through it reaches the new process.
+    admin = next(line for line in printed if line.startswith("admin "))
+    email, password_file = admin.split()[1], admin.split("password in ")[1].rstrip(")")
+    password = Path(password_file).read_text().strip()
+    login = urllib.request.Request(
+        f"{status['edge']}/v1/auth:login",
+        data=json.dumps({"email": email, "password": password}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(login, timeout=10) as reply:
+        token = json.loads(reply.read())["accessToken"]
+    listed = urllib.request.Request(
+        f"{status['edge']}/v1/reports", headers={"authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(listed, timeout=10) as reply:
+        assert reply.status == 200
+        assert isinstance(json.loads(reply.read()), dict)
 
 
 def test_up_serves_every_service_with_health_and_reflection_and_stops_on_ctrl_c(stack) -> None:
