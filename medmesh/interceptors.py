@@ -162,26 +162,35 @@ def status_code_name(context: Any, failed: bool) -> str:
 
 
 class _ObservingInterceptor(AsyncServerInterceptor):
-    """Calls `finished(...)` exactly once per RPC; for streams, when the stream ends."""
+    """Calls `finished(...)` exactly once per RPC; for streams, when the stream ends.
+
+    A stream the client cancelled while its generator was suspended at a `yield` ends when
+    asyncio finalises the generator, after grpc has released the call: `context.peer()` then
+    reads a freed C call and segfaults the process (svc_ingest died so under load). So the
+    peer is read while the RPC is alive and `finished` gets it; only `context.code()` (a
+    Python attribute of the call's state) is read at the end."""
 
     async def intercept(
         self, method: Callable, request: Any, context: Any, method_name: str
     ) -> Any:
         started = time.perf_counter()
+        peer = context.peer()
         self.started(method_name)
         try:
             result = method(request, context)
             if _is_stream(result):
-                return self._observe_stream(result, context, method_name, started)
+                return self._observe_stream(result, context, method_name, started, peer)
             response = await result
         except BaseException:
-            self.finished(method_name, context, time.perf_counter() - started, failed=True)
+            self.finished(
+                method_name, context, time.perf_counter() - started, failed=True, peer=peer
+            )
             raise
-        self.finished(method_name, context, time.perf_counter() - started, failed=False)
+        self.finished(method_name, context, time.perf_counter() - started, failed=False, peer=peer)
         return response
 
     async def _observe_stream(
-        self, stream: AsyncIterator, context: Any, method_name: str, started: float
+        self, stream: AsyncIterator, context: Any, method_name: str, started: float, peer: str
     ) -> Any:
         failed = True
         try:
@@ -189,13 +198,17 @@ class _ObservingInterceptor(AsyncServerInterceptor):
                 yield item
             failed = False
         finally:
-            self.finished(method_name, context, time.perf_counter() - started, failed=failed)
+            self.finished(
+                method_name, context, time.perf_counter() - started, failed=failed, peer=peer
+            )
 
     def started(self, method_name: str) -> None:
         """Hook: an RPC arrived."""
 
-    def finished(self, method_name: str, context: Any, seconds: float, *, failed: bool) -> None:
-        """Hook: an RPC ended."""
+    def finished(
+        self, method_name: str, context: Any, seconds: float, *, failed: bool, peer: str
+    ) -> None:
+        """Hook: an RPC ended (`context`: read only its `code()`; it may be over)."""
 
 
 _STARTED = Counter(
@@ -221,7 +234,9 @@ class MetricsInterceptor(_ObservingInterceptor):
         name = parse_method_name(method_name)
         _STARTED.labels(name.fully_qualified_service, name.method).inc()
 
-    def finished(self, method_name: str, context: Any, seconds: float, *, failed: bool) -> None:
+    def finished(
+        self, method_name: str, context: Any, seconds: float, *, failed: bool, peer: str
+    ) -> None:
         name = parse_method_name(method_name)
         service, rpc = name.fully_qualified_service, name.method
         _HANDLED.labels(service, rpc, status_code_name(context, failed)).inc()
@@ -231,7 +246,9 @@ class MetricsInterceptor(_ObservingInterceptor):
 class LoggingInterceptor(_ObservingInterceptor):
     """One JSON line per RPC: method, status code, duration. Never the request body (PHI)."""
 
-    def finished(self, method_name: str, context: Any, seconds: float, *, failed: bool) -> None:
+    def finished(
+        self, method_name: str, context: Any, seconds: float, *, failed: bool, peer: str
+    ) -> None:
         code = status_code_name(context, failed)
         log = _log.warning if code in _SERVER_FAULTS else _log.info
         log(
@@ -239,7 +256,7 @@ class LoggingInterceptor(_ObservingInterceptor):
             method=method_name,
             code=code,
             duration_ms=round(seconds * 1000, 2),
-            peer=context.peer(),
+            peer=peer,
         )
 
 
