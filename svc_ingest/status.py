@@ -141,12 +141,21 @@ class StudyEvents:
         return True
 
     async def on_jobs_published(self, conn: Connection, messages: Sequence[OutboxMessage]) -> None:
-        """Relay hook: a published inference job moves its file from STORED to QUEUED."""
+        """Relay hook: a published inference job moves its file from STORED to QUEUED.
+
+        A batch spans studies. Their rows are all locked first, in one order (by id), before
+        any file: a file lock is then never held while waiting for a study, which uploads
+        lock first (the relay deadlocked with CreateTextNote under load when it went study,
+        file, next study)."""
         job_subjects = {self.topology.infer_image_subject, self.topology.infer_text_subject}
-        for message in messages:
-            if self.topology.job_subject_of(message.subject) not in job_subjects:
-                continue
-            job = InferenceJob.FromString(message.payload)
+        jobs = [
+            InferenceJob.FromString(message.payload)
+            for message in messages
+            if self.topology.job_subject_of(message.subject) in job_subjects
+        ]
+        for study_uuid in sorted(_study_ids(jobs)):
+            await store.lock_study_by_id(conn, study_uuid)
+        for job in jobs:
             await self._file_change(
                 conn,
                 clinic_id=job.clinic_id,
@@ -201,3 +210,14 @@ class StudyEvents:
             reason=f"report v{event.version} ready",
             status=StudyStatus.REPORT_READY,
         )
+
+
+def _study_ids(jobs: Sequence[InferenceJob]) -> set[uuid.UUID]:
+    """The well-formed study ids of `jobs` (a malformed one is skipped by `_file_change`)."""
+    ids: set[uuid.UUID] = set()
+    for job in jobs:
+        try:
+            ids.add(uuid.UUID(job.study_id))
+        except ValueError:
+            continue
+    return ids

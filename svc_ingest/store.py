@@ -186,10 +186,12 @@ async def get_file(
 
 
 async def get_file_by_id(conn: Connection, file_id: uuid.UUID) -> Row | None:
-    """A file by id alone, locked (event handlers check its clinic against the event)."""
+    """A file by id alone, locked for an update of its status (event handlers check its
+    clinic against the event). FOR NO KEY UPDATE, what an UPDATE of non-key columns takes:
+    an upload's FOR KEY SHARE on a file it shares bytes with does not wait for it."""
     return await _one(
         conn,
-        f"SELECT {_FILE_COLUMNS} FROM ingest.medical_data WHERE file_id = %s FOR UPDATE",
+        f"SELECT {_FILE_COLUMNS} FROM ingest.medical_data WHERE file_id = %s FOR NO KEY UPDATE",
         (file_id,),
     )
 
@@ -208,12 +210,17 @@ async def find_clinic_object_by_sha(
     conn: Connection, clinic_id: str, sha256: str, *, lock: bool = True
 ) -> str | None:
     """An object of the clinic holding these bytes, locked (unless `lock` is False) so a
-    concurrent delete of the study that owns it waits for us (or we see it gone)."""
+    concurrent delete of the study that owns it waits for us (or we see it gone).
+
+    FOR KEY SHARE, the weakest lock a DELETE waits for: the row is usually in another study,
+    and a status change of it (the relay moving it to QUEUED, a result arriving) must not
+    wait for us, nor we for it. With FOR UPDATE here, an upload holding its own study's lock
+    and the outbox relay holding this file's lock while waiting for that study deadlocked."""
     row = await _one(
         conn,
         "SELECT object_key FROM ingest.medical_data"
         " WHERE clinic_id = %s AND sha256 = %s AND status NOT IN (%s, %s)"
-        f" ORDER BY create_time LIMIT 1{' FOR UPDATE' if lock else ''}",
+        f" ORDER BY create_time LIMIT 1{' FOR KEY SHARE' if lock else ''}",
         (clinic_id, sha256, *_DEAD_FILE_STATUSES),
     )
     return None if row is None else str(row["object_key"])

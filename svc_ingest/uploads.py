@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import structlog
 
 from gen.medmesh.common.v1 import FileKind
@@ -48,6 +49,11 @@ from svc_ingest.validation import (
 )
 
 log = structlog.get_logger(__name__)
+
+COMMIT_ATTEMPTS = 3
+"""Tries of an accepted file's transaction when PostgreSQL aborts it as a deadlock victim
+(40P01) or a serialization failure (40001); nothing but the rolled-back rows is redone."""
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
 @dataclass(frozen=True)
@@ -172,10 +178,26 @@ class Uploads:
         redundant or the transaction fails. `pending`: the file was announced by
         CreateUploadUrl and `key` is the copy its completion claimed (presigned.py)."""
         try:
-            async with self._database.transaction() as conn:
-                accepted, redundant = await self._commit_file(
-                    conn, identity, study_id, file_id, key, declaration, validated, pending=pending
-                )
+            for attempt in range(1, COMMIT_ATTEMPTS + 1):
+                try:
+                    async with self._database.transaction() as conn:
+                        accepted, redundant = await self._commit_file(
+                            conn,
+                            identity,
+                            study_id,
+                            file_id,
+                            key,
+                            declaration,
+                            validated,
+                            pending=pending,
+                        )
+                    break
+                except _RETRYABLE as exc:
+                    # The locks are taken in one order (study, then files; see status.py), so
+                    # this is a backstop: PostgreSQL rolled the whole transaction back.
+                    if attempt == COMMIT_ATTEMPTS:
+                        raise
+                    log.warning("upload commit retried", sqlstate=exc.sqlstate, attempt=attempt)
         except BaseException:
             await asyncio.shield(self._remove_quietly(key))
             raise
