@@ -98,3 +98,58 @@ async def test_the_relay_and_an_upload_sharing_bytes_with_another_study_do_not_d
         "SELECT status FROM ingest.medical_data WHERE file_id IN (%s, %s)", file_a, file_b
     )
     assert sorted(s for (s,) in statuses) == [int(FileStatus.QUEUED)] * 2
+
+
+async def _lock_wait_on(conn: psycopg.AsyncConnection, fragment: str) -> None:
+    """Until a backend waits for a lock while running a statement containing `fragment`."""
+    while True:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE %s AND pid <> pg_backend_pid()",
+            (f"%{fragment}%",),
+        )
+        row = await cur.fetchone()
+        if row and row[0]:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def test_a_note_whose_transaction_is_a_deadlock_victim_is_retried_and_stored_once(
+    ingest: Ingest,
+) -> None:
+    """The backstop: if a deadlock still happens (here: another transaction takes the
+    clinic's usage row, then the study, the other way round), PostgreSQL aborts the note's
+    transaction and svc_ingest runs it again instead of answering INTERNAL."""
+    study = await ingest.create_study()
+    study_id = uuid.UUID(study.name.rsplit("/", 1)[-1])
+    ingest.rows(
+        "INSERT INTO ingest.clinic_usage (clinic_id) VALUES ('clinic-a')"
+        " ON CONFLICT DO NOTHING RETURNING clinic_id"
+    )
+    async with (
+        await psycopg.AsyncConnection.connect(ingest.database_url) as other,
+        await psycopg.AsyncConnection.connect(ingest.database_url, autocommit=True) as observer,
+    ):
+        async with other.transaction():
+            # Ours is never the one PostgreSQL picks: the note's backend checks first.
+            await other.execute("SET LOCAL deadlock_timeout = '60s'")
+            await other.execute(
+                "SELECT 1 FROM ingest.clinic_usage WHERE clinic_id = 'clinic-a' FOR UPDATE"
+            )
+            note = asyncio.create_task(_note(ingest, study, "A note no other file shares."))
+            # The note's transaction holds the study and waits for the usage row ...
+            await asyncio.wait_for(_lock_wait_on(observer, "clinic_usage"), 30)
+            # ... and now we wait for the study: a cycle, the note's transaction is aborted.
+            await other.execute(
+                "SELECT 1 FROM ingest.studies WHERE study_id = %s FOR UPDATE", (study_id,)
+            )
+        file_id = await asyncio.wait_for(note, 30)
+
+    rows = ingest.rows("SELECT file_id FROM ingest.medical_data WHERE study_id = %s", study_id)
+    assert rows == [(file_id,)]
+    jobs = ingest.rows(
+        "SELECT count(*) FROM ingest.outbox o JOIN ingest.medical_data m ON m.job_id = o.id"
+        " WHERE m.study_id = %s",
+        study_id,
+    )
+    assert jobs == [(1,)]
