@@ -9,6 +9,7 @@ than awaiting it, so errors raised mid-stream are mapped and counted too.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -167,8 +168,9 @@ class _ObservingInterceptor(AsyncServerInterceptor):
     A stream the client cancelled while its generator was suspended at a `yield` ends when
     asyncio finalises the generator, after grpc has released the call: `context.peer()` then
     reads a freed C call and segfaults the process (svc_ingest died so under load). So the
-    peer is read while the RPC is alive and `finished` gets it; only `context.code()` (a
-    Python attribute of the call's state) is read at the end."""
+    peer is read while the RPC is alive; at the end only `context.code()` (a Python attribute
+    of the call's state) is read. An RPC abandoned that way (or whose task was cancelled)
+    ends CANCELLED, not UNKNOWN: the client went away, the server did not fail."""
 
     async def intercept(
         self, method: Callable, request: Any, context: Any, method_name: str
@@ -181,34 +183,47 @@ class _ObservingInterceptor(AsyncServerInterceptor):
             if _is_stream(result):
                 return self._observe_stream(result, context, method_name, started, peer)
             response = await result
-        except BaseException:
+        except asyncio.CancelledError:
             self.finished(
-                method_name, context, time.perf_counter() - started, failed=True, peer=peer
+                method_name, _ended_by_client(context), time.perf_counter() - started, peer
             )
             raise
-        self.finished(method_name, context, time.perf_counter() - started, failed=False, peer=peer)
+        except BaseException:
+            code = status_code_name(context, failed=True)
+            self.finished(method_name, code, time.perf_counter() - started, peer)
+            raise
+        code = status_code_name(context, failed=False)
+        self.finished(method_name, code, time.perf_counter() - started, peer)
         return response
 
     async def _observe_stream(
         self, stream: AsyncIterator, context: Any, method_name: str, started: float, peer: str
     ) -> Any:
-        failed = True
+        code = "UNKNOWN"
         try:
             async for item in stream:
                 yield item
-            failed = False
+            code = status_code_name(context, failed=False)
+        except (GeneratorExit, asyncio.CancelledError):
+            code = _ended_by_client(context)
+            raise
+        except BaseException:
+            code = status_code_name(context, failed=True)
+            raise
         finally:
-            self.finished(
-                method_name, context, time.perf_counter() - started, failed=failed, peer=peer
-            )
+            self.finished(method_name, code, time.perf_counter() - started, peer)
 
     def started(self, method_name: str) -> None:
         """Hook: an RPC arrived."""
 
-    def finished(
-        self, method_name: str, context: Any, seconds: float, *, failed: bool, peer: str
-    ) -> None:
-        """Hook: an RPC ended (`context`: read only its `code()`; it may be over)."""
+    def finished(self, method_name: str, code: str, seconds: float, peer: str) -> None:
+        """Hook: an RPC ended with status `code` (`OK`, `NOT_FOUND`, ...)."""
+
+
+def _ended_by_client(context: Any) -> str:
+    """The status of an RPC whose handler was cancelled or abandoned: the one it set, if any."""
+    code = context.code()
+    return "CANCELLED" if code is None else status_code_name(context, failed=True)
 
 
 _STARTED = Counter(
@@ -234,22 +249,17 @@ class MetricsInterceptor(_ObservingInterceptor):
         name = parse_method_name(method_name)
         _STARTED.labels(name.fully_qualified_service, name.method).inc()
 
-    def finished(
-        self, method_name: str, context: Any, seconds: float, *, failed: bool, peer: str
-    ) -> None:
+    def finished(self, method_name: str, code: str, seconds: float, peer: str) -> None:
         name = parse_method_name(method_name)
         service, rpc = name.fully_qualified_service, name.method
-        _HANDLED.labels(service, rpc, status_code_name(context, failed)).inc()
+        _HANDLED.labels(service, rpc, code).inc()
         _LATENCY.labels(service, rpc).observe(seconds)
 
 
 class LoggingInterceptor(_ObservingInterceptor):
     """One JSON line per RPC: method, status code, duration. Never the request body (PHI)."""
 
-    def finished(
-        self, method_name: str, context: Any, seconds: float, *, failed: bool, peer: str
-    ) -> None:
-        code = status_code_name(context, failed)
+    def finished(self, method_name: str, code: str, seconds: float, peer: str) -> None:
         log = _log.warning if code in _SERVER_FAULTS else _log.info
         log(
             "rpc",
