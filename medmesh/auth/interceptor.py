@@ -3,6 +3,7 @@ bind the caller's Identity for the handler. Installed by the runtime on every se
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -116,4 +117,7 @@ async def _stream_as(identity: Identity | None, stream: AsyncIterator[Any]) -> A
         async for item in stream:
             yield item
     finally:
-        reset_identity(token)
+        # A stream the client abandoned is closed by asyncio's finaliser in another task and
+        # Context: the binding went away with the RPC's own Context, nothing to undo there.
+        with contextlib.suppress(ValueError):
+            reset_identity(token)

@@ -1,9 +1,10 @@
 """A process serving one server-streaming RPC behind medmesh's interceptor chain
-(`default_interceptors`, what GrpcServer installs), whose clients cancel each stream after
-its first message while the server is blocked writing the next (flow control). The
-abandoned response generators are finalised by asyncio after grpc has released the calls;
-an interceptor that touches the dead call then (`context.peer()` did) segfaults the process.
-Prints `survived` when it did not: the load run's svc_ingest crash, in a few lines."""
+(`default_interceptors` around the AuthInterceptor, what GrpcServer installs), whose clients
+cancel each stream after its first message while the server is blocked writing the next
+(flow control). The abandoned response generators are finalised by asyncio after grpc has
+released the calls; an interceptor that touches the dead call then (`context.peer()` did)
+segfaults the process. Prints `survived` when it did not: the load run's svc_ingest crash,
+in a few lines."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from medmesh.auth import AuthInterceptor, StaticJwks, TokenVerifier
+from medmesh.identity import PUBLIC
 from medmesh.interceptors import default_interceptors
 
 STREAMS = 20
@@ -27,7 +30,9 @@ async def endless(_request: bytes, _context: grpc.aio.ServicerContext) -> AsyncI
 
 
 async def main() -> None:
-    server = grpc.aio.server(interceptors=default_interceptors())
+    verifier = TokenVerifier(StaticJwks({"keys": []}), issuer="medmesh", audience="medmesh")
+    auth = AuthInterceptor(verifier, {"test.Streams": {"Watch": PUBLIC}})
+    server = grpc.aio.server(interceptors=default_interceptors([auth]))
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(

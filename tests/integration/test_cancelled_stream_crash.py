@@ -37,3 +37,7 @@ def test_a_server_whose_clients_cancel_streams_mid_write_survives_and_logs_each_
     assert output.count("method=/test.Streams/Watch peer=ipv4:127.0.0.1:") == 20, output[-4000:]
     assert output.count("code=CANCELLED") == 20, output[-4000:]
     assert "code=UNKNOWN" not in output
+    # The abandoned generators are closed by asyncio in other tasks: undoing the identity
+    # binding there is skipped quietly, not reported as a never-retrieved ValueError.
+    assert "was created in a different Context" not in output
+    assert "Task exception was never retrieved" not in output
