@@ -83,6 +83,23 @@ async def test_a_burst_of_concurrent_reads_leaves_every_row_in_few_batches(
     await writer.close()
 
 
+async def test_reads_arriving_one_by_one_share_a_batch_within_the_linger(
+    audit_db: Database,
+) -> None:
+    # Reads 10 ms apart, as a client calling in sequence: without a linger each one woke the
+    # writer for its own INSERT + commit (one transaction per read on the reads' event loop).
+    writer = AuditWriter(audit_db, linger_s=2.0)
+    writer.start()
+    for i in range(10):
+        await writer.record_access(READER, "result.read", _name(i))
+        await asyncio.sleep(0.01)
+    await writer.flush()
+
+    assert sorted(await _resources(audit_db)) == sorted(_name(i) for i in range(10))
+    assert writer.batches <= 2  # 1 unless the machine stalled for the whole 2 s linger
+    await writer.close()
+
+
 async def test_a_graceful_stop_writes_everything_still_queued(audit_db: Database) -> None:
     writer = AuditWriter(audit_db)
     writer.start()
