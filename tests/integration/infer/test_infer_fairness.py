@@ -13,7 +13,9 @@ from gen.medmesh.common.v1 import FileKind
 from gen.medmesh.events.v1 import InferenceJob
 from medmesh.objects import RAW_IMAGES
 
-FLOOD = 40
+# Well over what a worker holds before B's jobs exist (batch 8 x 2 in flight, then one round
+# split between the lanes), so "B before half of A" measures the lanes, not the batch size.
+FLOOD = 80
 FEW = 2
 NOTE_TYPE = CONTENT_TYPES[FileKind.TEXT_NOTE]
 NOTE = b"Fever and productive cough for three days; crackles at the right base."
